@@ -1,0 +1,32 @@
+# make demo   create the venv, install, run the whole pipeline on the built-in dataset
+# make test   create the venv, install, run the tests
+# make rulegraph   redraw docs/rulegraph.png (needs Graphviz's `dot`)
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+
+.PHONY: venv demo test rulegraph clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --quiet rules
+	$(BIN)/wsss summary results/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --durations=10 tests
+
+rulegraph: $(STAMP)
+	$(BIN)/snakemake --rulegraph | dot -Tpng -Gdpi=110 > docs/rulegraph.png
+
+clean:
+	rm -rf results data/demo .snakemake

@@ -1,0 +1,42 @@
+"""Datasets: each loader turns a native layout into a :class:`~wsss.data.manifest.Manifest`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from wsss.data.manifest import DatasetError, Manifest
+
+KINDS = ("demo", "voc", "msrc", "coco", "folder")
+
+
+def build_manifest(kind: str, root: str | os.PathLike[str], work_dir: str | os.PathLike[str],
+                   **options: object) -> Manifest:  # fmt: skip
+    """The manifest of a dataset of ``kind`` at ``root``.
+
+    ``work_dir`` receives files the loader derives (COCO's semantic masks). ``options`` are
+    the loader's keyword arguments (e.g. ``label_source`` for VOC, ``csv`` for a folder).
+    """
+    if not Path(root).is_dir():
+        raise DatasetError(f"{root}: dataset directory does not exist")
+    if kind == "demo":
+        from wsss.data import voc
+
+        return voc.build(root, has_background=True, name="demo", **options)
+    if kind == "voc":
+        from wsss.data import voc
+
+        return voc.build(root, **options)
+    if kind == "msrc":
+        from wsss.data import voc
+
+        return voc.build(root, has_background=False, name="msrc21", **options)
+    if kind == "coco":
+        from wsss.data import coco
+
+        return coco.build(root, mask_dir=Path(work_dir) / "coco_masks", **options)
+    if kind == "folder":
+        from wsss.data import folder
+
+        return folder.build(root, **options)
+    raise DatasetError(f"unknown dataset kind '{kind}' (choose from {', '.join(KINDS)})")

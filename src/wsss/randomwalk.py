@@ -1,0 +1,193 @@
+"""Random-walk refinement of class activation maps with semantic affinities (AffinityNet).
+
+Ahn & Kwak, "Learning Pixel-level Semantic Affinity with Image-level Supervision for Weakly
+Supervised Semantic Segmentation", CVPR 2018. On a grid of N = h * w positions with features
+f [D, h, w]:
+
+* eq. 3:  W_ij = exp(-mean_d |f_i[d] - f_j[d]|) for 0 < ||p_i - p_j||_2 < radius, W_ii = 1,
+  W_ij = 0 otherwise (the channel mean, as in the released code). W is symmetric.
+* eq. 11: T = D^-1 W^(o beta), the Hadamard power beta of W, row-normalised
+  (D = diag of the row sums of W^(o beta)).
+* eq. 12: vec(M*_c) = T^t vec(M_c) for every channel c, with t = 2^logt, i.e. each step
+  replaces every position by the T-weighted average of its neighbours.
+
+:func:`random_walk` keeps T as a sparse matrix of N * K non-zeros (K neighbours per row,
+K = 69 at radius 5) and applies it t times: O(N K) memory and O(t N K C) time.
+:func:`dense_random_walk` is the dense formulation of the released code (T^t by repeated
+squaring of the N x N matrix), kept as a reference for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
+    """Offsets (dy, dx) with 0 < dy^2 + dx^2 < radius^2, in lexicographic order.
+
+    Both directions of every pair are listed; the centre (0, 0) is not. ``radius`` 5 gives
+    the 68 offsets of AffinityNet's pair set, ``radius`` 1 none.
+    """
+    if radius < 1:
+        raise ValueError(f"radius must be at least 1, got {radius}")
+    span = range(-(radius - 1), radius)
+    return [(dy, dx) for dy in span for dx in span if 0 < dy * dy + dx * dx < radius * radius]
+
+
+def neighbour_mask(offsets: list[tuple[int, int]], height: int, width: int,
+                   device: torch.device | str | None = None) -> Tensor:  # fmt: skip
+    """Bool [K, h, w]: whether position (y, x) + offsets[k] lies inside the h x w grid."""
+    ys = torch.arange(height, device=device)[:, None]
+    xs = torch.arange(width, device=device)[None, :]
+    masks = [(ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
+             for dy, dx in offsets]  # fmt: skip
+    if not masks:
+        return torch.zeros(0, height, width, dtype=torch.bool, device=device)
+    return torch.stack(masks)
+
+
+def pairwise_affinity(features: Tensor, offsets: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """Affinities between every position and its neighbours at the given offsets (eq. 3).
+
+    Args:
+        features: [B, D, h, w].
+        offsets: K offsets (dy, dx), e.g. from :func:`neighbour_offsets`.
+
+    Returns:
+        ``affinity`` [B, K, h, w] with ``affinity[b, k, y, x] =
+        exp(-mean_d |f[b, d, y, x] - f[b, d, y + dy_k, x + dx_k]|)`` where the neighbour is
+        inside the grid and 0 elsewhere, and ``valid`` bool [K, h, w], the in-grid mask.
+        Differentiable with respect to ``features``.
+    """
+    if features.dim() != 4:
+        raise ValueError(f"features must be [B, D, h, w], got shape {tuple(features.shape)}")
+    batch, _, height, width = features.shape
+    valid = neighbour_mask(offsets, height, width, features.device)
+    if not offsets:
+        return features.new_zeros(batch, 0, height, width), valid
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    padded = F.pad(features, (pad, pad, pad, pad))
+
+    def shifted(dy: int, dx: int) -> Tensor:  # [B, D, h, w]: f at (y + dy, x + dx), 0 outside
+        return padded[:, :, pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+
+    distance = features.new_empty(batch, len(offsets), height, width)
+    for k, (dy, dx) in enumerate(offsets):
+        distance[:, k] = (features - shifted(dy, dx)).abs_().mean(1)
+    return torch.exp(-distance) * valid, valid
+
+
+def transition_matrix(features: Tensor, radius: int = 5, beta: float = 8.0) -> Tensor:
+    """The row-normalised transition matrix T = D^-1 W^(o beta) (eqs. 3 and 11), sparse.
+
+    Args:
+        features: [D, h, w].
+
+    Returns:
+        Sparse CSR [N, N], N = h * w (row-major positions), with the N * K' non-zeros of the
+        in-grid pairs (K' <= K + 1 per row: the centre and the neighbours inside the grid).
+        Same dtype and device as ``features``.
+    """
+    if features.dim() != 3:
+        raise ValueError(f"features must be [D, h, w], got shape {tuple(features.shape)}")
+    _, height, width = features.shape
+    n = height * width
+    # Lexicographic (dy, dx) order keeps the column indices of each row sorted, as CSR needs.
+    offsets = sorted(neighbour_offsets(radius) + [(0, 0)])
+    affinity, valid = pairwise_affinity(features[None], offsets)  # [1, K, h, w], [K, h, w]
+    weights = torch.where(valid, affinity[0].pow(beta), 0.0)  # W^(o beta), W_ii = exp(0) = 1
+    transition = weights / weights.sum(0)  # rows sum to 1
+
+    position = torch.arange(n, device=features.device).view(height, width)
+    columns = torch.stack([position + dy * width + dx for dy, dx in offsets], -1)  # [h, w, K]
+    keep = valid.permute(1, 2, 0)  # [h, w, K], rows in row-major order
+    row_counts = keep.sum(-1).flatten()
+    index_dtype = torch.int32 if n * len(offsets) < 2**31 else torch.int64
+    crow = torch.zeros(n + 1, dtype=index_dtype, device=features.device)
+    crow[1:] = row_counts.cumsum(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, columns[keep].to(index_dtype),
+                                       transition.permute(1, 2, 0)[keep], size=(n, n),
+                                       check_invariants=False)  # fmt: skip
+
+
+def random_walk(cam: Tensor, features: Tensor, radius: int = 5, beta: float = 8.0,
+                logt: int = 8) -> Tensor:  # fmt: skip
+    """Propagate class activation maps by the random walk of AffinityNet (eq. 12).
+
+    Computes vec(out_c) = T^t vec(cam_c) for every channel c with t = 2^logt and
+    T = D^-1 W^(o beta) from :func:`transition_matrix`: each of the t steps replaces every
+    position by the transition-weighted average of itself and its in-grid neighbours at
+    Euclidean distance < ``radius``. T is never formed densely: memory O(N * radius^2),
+    time O(2^logt * N * radius^2 * C). Runs on the device of the inputs.
+
+    Each step is one sparse-dense product, i.e. one parallel region on CPU: where other busy
+    processes share the cores, the threads' synchronisation can cost milliseconds per step,
+    more than the product; ``torch.set_num_threads(1)`` or ``OMP_WAIT_POLICY=passive`` avoids it.
+
+    Args:
+        cam: float [C, h, w], e.g. a background map and the maps of the present classes.
+        features: [D, h, w], on the same grid and device (cast to ``cam``'s dtype).
+        radius: pairs at grid distance < radius are connected (1: only the self-loops).
+        beta: Hadamard power of the affinities.
+        logt: log2 of the number of steps t (0: a single step).
+
+    Returns:
+        [C, h, w], same dtype and device as ``cam``.
+    """
+    if cam.dim() != 3 or features.dim() != 3 or cam.shape[1:] != features.shape[1:]:
+        raise ValueError(f"cam [C, h, w] and features [D, h, w] must share the grid, got "
+                         f"{tuple(cam.shape)} and {tuple(features.shape)}")  # fmt: skip
+    if cam.device != features.device:
+        raise ValueError(f"cam on {cam.device} and features on {features.device}")
+    if not cam.is_floating_point():
+        raise TypeError(f"cam must be a floating-point tensor, got {cam.dtype}")
+    if logt < 0:
+        raise ValueError(f"logt must be non-negative, got {logt}")
+    channels, height, width = cam.shape
+    transition = transition_matrix(features.to(cam.dtype), radius, beta)
+    walked = cam.reshape(channels, height * width).t().contiguous()  # [N, C]
+    for _ in range(2**logt):
+        walked = transition @ walked
+    return walked.t().reshape(channels, height, width).contiguous()
+
+
+def dense_random_walk(cam: Tensor, features: Tensor, radius: int = 5, beta: float = 8.0,
+                      logt: int = 8) -> Tensor:  # fmt: skip
+    """Reference random walk with a dense N x N transition matrix, as in the released code.
+
+    Builds W [N, N] from all pairwise channel-mean L1 feature distances, keeps the pairs at
+    grid distance < ``radius`` (W_ii = 1), takes the Hadamard power beta, row-normalises to T,
+    squares T ``logt`` times to get T^(2^logt) and applies it to vec(cam). O(N^2) memory and
+    O(N^3 * logt) time: for tests and benchmarks only; use :func:`random_walk`.
+
+    Args:
+        cam: float [C, h, w]; the computation runs in its dtype and on its device.
+        features: [D, h, w].
+
+    Returns:
+        [C, h, w].
+    """
+    channels, height, width = cam.shape
+    depth = features.shape[0]
+    n = height * width
+    flat = features.to(cam.dtype).reshape(depth, n).t()  # [N, D]
+    affinity = torch.exp(-torch.cdist(flat[None], flat[None], p=1)[0] / depth)  # [N, N]
+    position = torch.arange(n, dtype=torch.int32, device=cam.device)
+    ys, xs = position // width, position % width
+    distance2 = (ys[:, None] - ys[None, :]).square_()  # squared grid distances [N, N]
+    distance2 += (xs[:, None] - xs[None, :]).square_()
+    affinity = affinity.pow_(beta).masked_fill_(distance2 >= radius * radius, 0.0)
+    del distance2
+    transition = affinity.div_(affinity.sum(1, keepdim=True))
+    squared = torch.empty_like(transition)
+    for _ in range(logt):
+        torch.mm(transition, transition, out=squared)
+        transition, squared = squared, transition
+    del squared
+    return (transition @ cam.reshape(channels, n).t()).t().reshape(channels, height, width)

@@ -1,0 +1,211 @@
+"""HDF5 files of per-image class maps (CAMs, refined CAMs), written in shards.
+
+Layout of one shard file (``cam/shard-K.h5``, ``rw/shard-K.h5``)::
+
+    /                     attrs: format="wsss-maps", version=1, kind ("cam", "rw"),
+                                 label_names (JSON list), has_background, shard, num_shards,
+                                 stride, alphas (JSON list, may be empty),
+                                 num_images, complete=True (set last)
+    /images/<id>/maps     float16 [K, h, w], gzip: one map per present class, in [0, 1]
+    /images/<id>/classes  int16 [K]: 0-based foreground class index of each map
+    /images/<id>/background  float16 [A, h, w] (only when ``alphas`` is not empty): the
+                          background map for each alpha of ``alphas``
+    /images/<id>          attrs: size = [H, W], the image size in pixels
+
+``stride`` is the ratio of image to map resolution: CAMs are stored at the image
+resolution (stride 1, h = H), refined maps on the feature grid (stride 8, h = ceil(H / 8));
+:meth:`ImageMaps.at_image_size` upsamples. When no background is stored it is derived from
+the foreground maps (``(1 - max_c M_c) ** alpha``) where the maps are used. Ids containing
+'/' are stored with '%2F'. A shard is written under a temporary name and renamed when
+complete, so a file with the final name is always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from wsss.atomic import temp_name
+
+FORMAT = "wsss-maps"
+VERSION = 1
+
+
+class StoreError(ValueError):
+    """A maps file that is missing, incomplete or inconsistent (the message names it)."""
+
+
+@dataclass(frozen=True)
+class ImageMaps:
+    """The maps of one image: ``maps`` float32 [K, h, w], ``classes`` int [K],
+    ``background`` float32 [A, h, w] or None, ``size`` = image (H, W), ``stride`` = H / h."""
+
+    id: str
+    maps: np.ndarray
+    classes: np.ndarray
+    background: np.ndarray | None
+    size: tuple[int, int]
+    stride: int
+
+    def at_image_size(self) -> ImageMaps:
+        """The same maps bilinearly upsampled to the image size (stride 1)."""
+        if self.stride == 1:
+            return self
+        return replace(self, maps=upsample(self.maps, self.size, self.stride),
+                       background=None if self.background is None else
+                       upsample(self.background, self.size, self.stride), stride=1)  # fmt: skip
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int], stride: int) -> np.ndarray:
+    """Maps [K, h, w] on a grid of ``stride`` -> [K, H, W] (bilinear, then cropped)."""
+    import torch
+    import torch.nn.functional as F
+
+    if len(maps) == 0:
+        return np.zeros((0, *size), np.float32)
+    grid = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
+    full = F.interpolate(grid, scale_factor=stride, mode="bilinear", align_corners=False)[0]
+    return full[:, : size[0], : size[1]].numpy()
+
+
+def _key(image_id: str) -> str:
+    return image_id.replace("/", "%2F")
+
+
+class MapsWriter:
+    """Write one shard: ``with MapsWriter(path, ...) as w: w.add(id, maps, classes)``."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str, label_names: Sequence[str],
+                 has_background: bool, shard: int, num_shards: int, stride: int = 1,
+                 alphas: Sequence[float] = ()):  # fmt: skip
+        self.path = Path(path)
+        self.tmp = temp_name(self.path)
+        self.attrs = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": kind,
+            "label_names": json.dumps(list(label_names)),
+            "has_background": has_background,
+            "shard": shard,
+            "num_shards": num_shards,
+            "stride": stride,
+            "alphas": json.dumps([float(a) for a in alphas]),
+        }
+        self.num_alphas = len(alphas)
+        self.count = 0
+
+    def __enter__(self) -> MapsWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.tmp, "w")
+        self.file.attrs.update(self.attrs)
+        self.images = self.file.create_group("images")
+        return self
+
+    def add(self, image_id: str, maps: np.ndarray, classes: Sequence[int],
+            background: np.ndarray | None = None, size: tuple[int, int] | None = None) -> None:  # fmt: skip
+        """Store ``maps`` [K, h, w] (values in [0, 1]) of the classes ``classes`` [K], and
+        ``background`` [A, h, w] (one per alpha); ``size`` is the image size (H, W),
+        by default the maps' own size."""
+        if maps.ndim != 3 or maps.shape[0] != len(classes):
+            raise ValueError(f"maps of {image_id}: shape {maps.shape} for {len(classes)} classes")
+        if (background is None) != (self.num_alphas == 0) or (
+            background is not None and background.shape != (self.num_alphas, *maps.shape[1:])
+        ):
+            raise ValueError(f"background of {image_id} does not match the alphas of the file")
+        group = self.images.create_group(_key(image_id))
+        group.attrs["size"] = np.asarray(size or maps.shape[1:], dtype=np.int64)
+        for name, data in (("maps", maps), ("background", background)):
+            if data is not None:
+                group.create_dataset(name, data=data.astype(np.float16), compression="gzip",
+                                     compression_opts=4,
+                                     chunks=(1, *data.shape[1:]) if len(data) else None)  # fmt: skip
+        group.create_dataset("classes", data=np.asarray(classes, dtype=np.int16))
+        self.count += 1
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self.file.attrs["num_images"] = self.count
+                self.file.attrs["complete"] = True
+            self.file.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class MapsReader:
+    """Read the maps of many shards as one mapping id -> :class:`ImageMaps`."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]]):
+        self.files: list[h5py.File] = []
+        self.where: dict[str, h5py.File] = {}
+        for path in paths:
+            f = open_maps_file(path)
+            self.files.append(f)
+            for key in f["images"]:
+                image_id = key.replace("%2F", "/")
+                if image_id in self.where:
+                    raise StoreError(f"{path}: image '{image_id}' is also in {self.where[image_id].filename}")
+                self.where[image_id] = f
+        first = self.files[0].attrs if self.files else {}
+        self.kind = str(first.get("kind", ""))
+        self.label_names: list[str] = json.loads(first["label_names"]) if self.files else []
+        self.has_background = bool(first.get("has_background", False))
+        self.stride = int(first.get("stride", 1))
+        self.alphas: list[float] = json.loads(first.get("alphas", "[]")) if self.files else []
+
+    def ids(self) -> list[str]:
+        return sorted(self.where)
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.where
+
+    def __getitem__(self, image_id: str) -> ImageMaps:
+        if image_id not in self.where:
+            raise StoreError(f"image '{image_id}' is in none of the maps files")
+        group = self.where[image_id]["images"][_key(image_id)]
+        background = group["background"][()].astype(np.float32) if "background" in group else None
+        return ImageMaps(image_id, group["maps"][()].astype(np.float32), group["classes"][()],
+                         background, tuple(int(v) for v in group.attrs["size"]), self.stride)  # fmt: skip
+
+    def check_covers(self, ids: Sequence[str]) -> None:
+        """Every id in ``ids`` is stored exactly once (duplicates were refused on open)."""
+        missing = [i for i in ids if i not in self.where]
+        if missing:
+            names = ", ".join(f.filename for f in self.files)
+            raise StoreError(f"{len(missing)} images have no maps in {names}: {missing[:5]}")
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> MapsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[ImageMaps]:
+        for image_id in self.ids():
+            yield self[image_id]
+
+
+def open_maps_file(path: str | os.PathLike[str]) -> h5py.File:
+    """Open a shard read-only, refusing a missing, foreign or incomplete file."""
+    if not os.path.isfile(path):
+        raise StoreError(f"{path}: maps file is missing")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise StoreError(f"{path}: not a readable HDF5 file ({err})") from err
+    if f.attrs.get("format") != FORMAT or not f.attrs.get("complete", False):
+        f.close()
+        raise StoreError(f"{path}: not a complete {FORMAT} file")
+    return f

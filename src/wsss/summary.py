@@ -1,0 +1,51 @@
+"""The end-of-run summary: every stage's mIoU and where the artefacts are."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# Stages in pipeline order: metrics file stem -> what it scores.
+STAGES = {
+    "cam": "CAMs (train split)",
+    "rw": "random walk (train split)",
+    "pseudo": "pseudo-masks (train split)",
+    "seg": "segmentation, weak (val split)",
+    "seg_full": "segmentation, fully supervised bound (val split)",
+}
+
+
+def summarize(run_dir: str | os.PathLike[str]) -> str:
+    """A table of the metrics in ``run_dir/metrics`` and a list of the run's artefacts."""
+    run = Path(run_dir)
+    metrics_dir = run / "metrics"
+    if not metrics_dir.is_dir():
+        raise FileNotFoundError(f"{metrics_dir}: no metrics yet (has the workflow run?)")
+    lines = [f"Results of {run}", "", f"{'stage':<50} {'mIoU':>6}  {'images':>6}  note"]
+    for stem, title in STAGES.items():
+        path = metrics_dir / f"{stem}.json"
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())
+        notes = []
+        if m.get("best"):
+            notes.append(", ".join(f"best {k} {v:g}" for k, v in m["best"].items()))
+        if "floor" in m:
+            notes.append(f"trivial floor {m['floor']['miou']:.2f}")
+        lines.append(f"{title:<50} {m['miou']:6.2f}  {m.get('num_images', ''):>6}  "
+                     + "; ".join(notes))  # fmt: skip
+    lines += ["", "Artefacts:"]
+    for pattern, what in [
+        ("dataset.json", "dataset manifest (splits, labels)"),
+        ("cam/model.pt", "CAM network"),
+        ("cam/shard-*.h5", "CAMs (HDF5; wsss inspect FILE)"),
+        ("metrics/*.json", "metrics"),
+        ("logs/*.log", "logs per job"),
+        ("benchmarks/*.tsv", "time and memory per job"),
+    ]:
+        found = sorted(run.glob(pattern))
+        if found:
+            shown = found[0] if len(found) == 1 else f"{run / pattern} ({len(found)} files)"
+            lines.append(f"  {what:<36} {shown}")
+    return "\n".join(lines)

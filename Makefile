@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/wsss summary results/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=10 tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=10 tests
 
 rulegraph: $(STAMP)
 	$(BIN)/snakemake --rulegraph | dot -Tpng -Gdpi=110 > docs/rulegraph.png

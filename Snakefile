@@ -26,6 +26,7 @@ include: "workflow/rules/affinity.smk"
 rule all:
     input:
         metrics("cam"),
+        metrics("aff_labels"),
         metrics("rw"),
         metrics("pseudo"),
     default_target: True

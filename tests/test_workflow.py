@@ -60,7 +60,7 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
     run = finished_run / "results" / "tiny"
     for path in ["dataset.json", "cam/model.pt", "cam/shard-0.h5", "cam/shard-1.h5",
                  "aff/model.pt", "rw/shard-0.h5", "rw/shard-1.h5", "metrics/cam.json",
-                 "metrics/rw.json", "metrics/pseudo.json"]:  # fmt: skip
+                 "metrics/aff_labels.json", "metrics/rw.json", "metrics/pseudo.json"]:  # fmt: skip
         assert (run / path).is_file(), path
     train_ids = (finished_run / "data/demo/ImageSets/Segmentation/train.txt").read_text().split()
     for stage in ("aff_labels", "pseudo"):
@@ -74,7 +74,7 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
     metrics = json.loads((run / "metrics" / "cam.json").read_text())
     assert metrics["num_images"] == 16 and metrics["split"] == "train"
     assert 0 < metrics["miou"] <= 100 and metrics["miou"] > metrics["floor"]["miou"]
-    assert [p["alpha"] for p in metrics["curve"]] == [1, 2, 4, 8, 16, 24, 32]
+    assert [p["alpha"] for p in metrics["curve"]] == [0.5, 1, 2, 4, 8, 16, 32]
     assert set(metrics["per_class"]) == {"background", "cross", "ring", "triangle", "bars",
                                          "diamond", "star"}  # fmt: skip
 
@@ -83,7 +83,7 @@ def test_refined_stages_are_scored(finished_run: Path) -> None:
     metrics = finished_run / "results" / "tiny" / "metrics"
     rw = json.loads((metrics / "rw.json").read_text())
     pseudo = json.loads((metrics / "pseudo.json").read_text())
-    assert [p["alpha"] for p in rw["curve"]] == [1, 2, 4, 8, 16, 24, 32]
+    assert [p["alpha"] for p in rw["curve"]] == [0.5, 1, 2, 4, 8, 16, 32]
     assert rw["num_images"] == pseudo["num_images"] == 16
     assert 0 < rw["miou"] <= 100 and 0 < pseudo["miou"] <= 100
     assert np.asarray(pseudo["confusion"]).sum() == 16 * 64 * 64  # every pixel scored
@@ -101,7 +101,8 @@ def test_changed_inference_parameter_reruns_only_inference_and_later(finished_ru
     proc = snakemake(finished_run, "--dry-run", configs=({"cam": {"infer": {"flip": False}}},))
     assert proc.returncode == 0, proc.stderr
     assert planned_jobs(proc.stdout) == {
-        "infer_cam": 2, "eval_cam": 1, "affinity_labels": 2, "train_aff": 1, "random_walk": 2,
+        "infer_cam": 2, "eval_cam": 1, "affinity_labels": 2, "eval_aff_labels": 1,
+        "train_aff": 1, "random_walk": 2,
         "eval_rw": 1, "pseudo_masks": 2, "eval_pseudo": 1, "all": 1}  # fmt: skip
 
 
@@ -126,4 +127,4 @@ def test_more_shards_rerun_inference_only(finished_run: Path) -> None:
 def test_bad_config_stops_naming_the_key(tmp_path: Path, override: dict, named: str) -> None:
     proc = snakemake(tmp_path, "--dry-run", configs=(override,))
     assert proc.returncode != 0
-    assert named in proc.stderr
+    assert named in proc.stdout + proc.stderr

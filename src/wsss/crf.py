@@ -10,14 +10,14 @@ import numpy as np
 @dataclass(frozen=True)
 class CRFParams:
     """Reference defaults: 10 iterations, Gaussian sxy 3 / compat 3, bilateral sxy 80 /
-    srgb 13 / compat 10 (pixel and 0-255 colour units)."""
+    srgb 13 / compat 10 (pixel and 0-255 colour units). Stages that run a CRF extend it."""
 
-    iterations: int = 10
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 80.0
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 10.0
+    crf_iterations: int = 10
+    crf_gaussian_sxy: float = 3.0
+    crf_gaussian_compat: float = 3.0
+    crf_bilateral_sxy: float = 80.0
+    crf_bilateral_srgb: float = 13.0
+    crf_bilateral_compat: float = 10.0
 
 
 def dense_crf(image: np.ndarray, scores: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
@@ -35,8 +35,8 @@ def dense_crf(image: np.ndarray, scores: np.ndarray, params: CRFParams = CRFPara
     probs /= probs.sum(0, keepdims=True)
     crf = dcrf.DenseCRF2D(width, height, labels)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(probs).reshape(labels, -1)))
-    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image), compat=params.bilateral_compat)  # fmt: skip
-    q = crf.inference(params.iterations)
+    crf.addPairwiseGaussian(sxy=params.crf_gaussian_sxy, compat=params.crf_gaussian_compat)
+    crf.addPairwiseBilateral(sxy=params.crf_bilateral_sxy, srgb=params.crf_bilateral_srgb,
+                             rgbim=np.ascontiguousarray(image), compat=params.crf_bilateral_compat)  # fmt: skip
+    q = crf.inference(params.crf_iterations)
     return np.asarray(q, dtype=np.float32).reshape(labels, height, width)

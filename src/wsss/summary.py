@@ -9,6 +9,7 @@ from pathlib import Path
 # Stages in pipeline order: metrics file stem -> what it scores.
 STAGES = {
     "cam": "CAMs (train split)",
+    "aff_labels": "affinity labels, confident pixels only (train split)",
     "rw": "random walk (train split)",
     "pseudo": "pseudo-masks (train split)",
     "seg": "segmentation, weak (val split)",
@@ -33,6 +34,8 @@ def summarize(run_dir: str | os.PathLike[str]) -> str:
             notes.append(", ".join(f"best {k} {v:g}" for k, v in m["best"].items()))
         if "floor" in m:
             notes.append(f"trivial floor {m['floor']['miou']:.2f}")
+        if "coverage" in m and m["coverage"] < 100:
+            notes.append(f"coverage {m['coverage']:.1f}%")
         lines.append(f"{title:<50} {m['miou']:6.2f}  {m.get('num_images', ''):>6}  "
                      + "; ".join(notes))  # fmt: skip
     lines += ["", "Artefacts:"]

@@ -10,16 +10,62 @@ import os
 import random
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from wsss.atomic import save_torch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Settings every training stage takes; defaults are the CAM stage's reference ones
+    (the AffinityNet code: SGD, poly schedule, lr multipliers 1/2/10/20, 5e-4 decay)."""
+
+    split: str = "train"
+    backbone: str = "lite0"
+    weights: str = "imagenet"
+    output_stride: int = 16
+    epochs: int = 15
+    batch_size: int = 8
+    crop_size: int = 448
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    jitter: float = 0.3
+    lr: float = 0.01
+    lr_multipliers: tuple[float, float, float, float] = (1.0, 2.0, 10.0, 20.0)
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    freeze_bn: bool = True
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+
+
+def train(model: nn.Module, pretrained: nn.Module, new: list[nn.Module], dataset: Dataset,
+          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], params: TrainParams,
+          checkpoints: EpochCheckpoints, device: torch.device, name: str) -> None:  # fmt: skip
+    """Train ``model`` (already on ``device``) with SGD: ``pretrained`` at the backbone's
+    learning rates, ``new`` at the new layers'; batch norm of ``pretrained`` frozen when
+    ``params.freeze_bn``; see :func:`fit` for the loop."""
+    if params.freeze_bn:
+        freeze_batchnorm(pretrained)
+    groups = param_groups([pretrained], new, params.weight_decay, params.lr_multipliers)
+    optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum)
+    loader = make_loader(dataset, params.batch_size, params.num_workers, device, params.seed)
+    log.info("%s: %d images, %d epochs x %d steps on %s (%d threads)", name, len(dataset),
+             params.epochs, len(loader), device, torch.get_num_threads())  # fmt: skip
+    fit(model, loader, optimizer, loss_fn, checkpoints, epochs=params.epochs, base_lr=params.lr,
+        poly_power=params.poly_power, device=device, amp=params.amp, seed=params.seed,
+        frozen_bn=pretrained if params.freeze_bn else None, name=name)  # fmt: skip
 
 
 def set_seed(seed: int) -> None:

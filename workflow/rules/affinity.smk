@@ -24,6 +24,23 @@ rule affinity_labels:
         " {params.flags} > {log} 2>&1"
 
 
+rule eval_aff_labels:
+    input:
+        manifest=rules.prepare_dataset.output[0],
+        labels=expand(f"{RUN}/aff_labels/shard-{{shard}}", shard=SHARDS),
+    output:
+        metrics("aff_labels"),
+    params:
+        split=DATASET["eval_split"],
+    log:
+        log("eval_aff_labels"),
+    benchmark:
+        bench("eval_aff_labels")
+    shell:
+        "wsss eval-labels --manifest {input.manifest} --labels {input.labels} --out {output}"
+        " --stage aff_labels --split {params.split} > {log} 2>&1"
+
+
 rule train_aff:
     input:
         manifest=rules.prepare_dataset.output[0],

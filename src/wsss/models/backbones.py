@@ -249,14 +249,15 @@ def _load_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 def _strict_load(module: nn.Module, state: dict[str, Tensor], path: str | os.PathLike[str]) -> None:
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
+    # files converted from other frameworks lack BN's num_batches_tracked counters
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or wrong:
         raise ValueError(
             f"{path}: weights do not fit the backbone; missing {missing[:5]}, "
             f"wrong shape {wrong[:5]}"
         )
-    module.load_state_dict({k: state[k] for k in own})
+    module.load_state_dict({k: state.get(k, own[k]) for k in own})
 
 
 BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")

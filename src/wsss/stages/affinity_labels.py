@@ -40,24 +40,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AffinityLabelParams:
+class AffinityLabelParams(CRFParams):
     """alpha_low / alpha_high: 4 / 32 in the released code (paper: 4 / 24)."""
 
     split: str = "train"
     alpha_low: float = 4.0
     alpha_high: float = 32.0
     confidence: float = 0.7
-    crf_iterations: int = 10
-    crf_gaussian_sxy: float = 3.0
-    crf_gaussian_compat: float = 3.0
-    crf_bilateral_sxy: float = 80.0
-    crf_bilateral_srgb: float = 13.0
-    crf_bilateral_compat: float = 10.0
-
-    def crf(self) -> CRFParams:
-        return CRFParams(self.crf_iterations, self.crf_gaussian_sxy, self.crf_gaussian_compat,
-                         self.crf_bilateral_sxy, self.crf_bilateral_srgb,
-                         self.crf_bilateral_compat)  # fmt: skip
 
 
 def confident_regions(image: np.ndarray, maps: np.ndarray, classes: np.ndarray,
@@ -74,14 +63,15 @@ def confident_regions(image: np.ndarray, maps: np.ndarray, classes: np.ndarray,
         if len(classes) == 1:
             labels[:] = classes[0]
             return labels
-        q = dense_crf(image, maps, params.crf())
+        q = dense_crf(image, maps, params)
         top = q.argmax(0)
         sure = q.max(0) >= params.confidence
         labels[sure] = classes[top[sure]]
         return labels
-    crf = params.crf()
-    low = dense_crf(image, np.concatenate([background_score(maps, alpha=params.alpha_low)[None], maps]), crf)
-    high = dense_crf(image, np.concatenate([background_score(maps, alpha=params.alpha_high)[None], maps]), crf)
+    low, high = (
+        dense_crf(image, np.concatenate([background_score(maps, alpha=a)[None], maps]), params)
+        for a in (params.alpha_low, params.alpha_high)
+    )
     fg = low.argmax(0)
     labels[fg > 0] = (classes[fg[fg > 0] - 1] + 1).astype(np.uint8)
     labels[(fg == 0) & (high.argmax(0) == 0)] = 0

@@ -1,4 +1,6 @@
-"""Stage: score label-map PNGs (pseudo-masks, predictions) against the ground truth."""
+"""Stage: score label-map PNGs (pseudo-masks, predictions, affinity labels) against the
+ground truth. Pixels a label map leaves neutral (255, as affinity labels do) are not
+scored; ``coverage`` is the share of scored ground-truth pixels that are not neutral."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss.atomic import write_json
-from wsss.data.manifest import DatasetError, Manifest, read_mask
+from wsss.data.manifest import IGNORE, DatasetError, Manifest, read_mask
 from wsss.metrics import confusion, scores
 from wsss.training import progress
 
@@ -43,17 +45,22 @@ def run(manifest_path: str | os.PathLike[str], label_dirs: Sequence[str | os.Pat
                            f"{', '.join(map(str, label_dirs))}: {missing[:5]}")  # fmt: skip
     n = manifest.num_labels
     conf = np.zeros((n, n), np.int64)
+    valid_pixels = 0
     for rec in progress(records, f"eval {stage}", "img"):
         gt = read_mask(rec.mask)
         pred = read_mask(labels[rec.id])
         if pred.shape != gt.shape:
             raise DatasetError(f"{labels[rec.id]}: size {pred.shape} differs from {rec.mask}")
-        if pred.max(initial=0) >= n:
-            raise DatasetError(f"{labels[rec.id]}: values outside 0..{n - 1}")
-        conf += confusion(pred, gt, n)
+        if np.any((pred >= n) & (pred != IGNORE)):
+            raise DatasetError(f"{labels[rec.id]}: values outside 0..{n - 1} and {IGNORE}")
+        valid_pixels += int((gt != IGNORE).sum())
+        gt = np.where(pred == IGNORE, IGNORE, gt)
+        conf += confusion(np.where(pred == IGNORE, 0, pred), gt, n)
     result = {"stage": stage, "split": split, "num_images": len(records),
-              **scores(conf, manifest.label_names), "confusion": conf.tolist(),
-              "labels": manifest.label_names}  # fmt: skip
+              **scores(conf, manifest.label_names),
+              "coverage": round(100 * int(conf.sum()) / max(valid_pixels, 1), 2),
+              "confusion": conf.tolist(), "labels": manifest.label_names}  # fmt: skip
     write_json(out, result)
-    log.info("%s mIoU %.2f on %d images of '%s'", stage, result["miou"], len(records), split)
+    log.info("%s mIoU %.2f (coverage %.1f%%) on %d images of '%s'", stage, result["miou"],
+             result["coverage"], len(records), split)  # fmt: skip
     return result

@@ -23,23 +23,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PseudoMaskParams:
+class PseudoMaskParams(CRFParams):
     """``alpha``: which stored background to use (16 in the paper); dCRF on by default."""
 
     split: str = "train"
     alpha: float = 16.0
     crf: bool = True
-    crf_iterations: int = 10
-    crf_gaussian_sxy: float = 3.0
-    crf_gaussian_compat: float = 3.0
-    crf_bilateral_sxy: float = 80.0
-    crf_bilateral_srgb: float = 13.0
-    crf_bilateral_compat: float = 10.0
-
-    def crf_params(self) -> CRFParams:
-        return CRFParams(self.crf_iterations, self.crf_gaussian_sxy, self.crf_gaussian_compat,
-                         self.crf_bilateral_sxy, self.crf_bilateral_srgb,
-                         self.crf_bilateral_compat)  # fmt: skip
 
 
 def pseudo_mask(image: np.ndarray, item: ImageMaps, has_background: bool, alpha_index: int | None,
@@ -55,7 +44,7 @@ def pseudo_mask(image: np.ndarray, item: ImageMaps, has_background: bool, alpha_
     if len(values) == 1:
         return np.full(full.size, values[0], np.uint8)
     if params.crf:
-        scores = dense_crf(image, np.clip(scores, 0.0, None), params.crf_params())
+        scores = dense_crf(image, np.clip(scores, 0.0, None), params)
     return values[np.argmax(scores, 0)].astype(np.uint8)
 
 

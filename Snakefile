@@ -1,6 +1,7 @@
 # Weakly-supervised semantic segmentation from image-level labels.
 #   snakemake --cores all                       # the demo run (config.yaml)
 #   snakemake --cores all --configfile configs/msrc21.yaml
+#   snakemake --report report.html              # the HTML report of a finished run
 # Rules only wire files to `wsss <stage>` commands; the code lives in src/wsss.
 
 import json
@@ -14,6 +15,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -21,6 +25,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/affinity.smk"
+include: "workflow/rules/segmentation.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -30,3 +36,12 @@ rule all:
         metrics("rw"),
         metrics("pseudo"),
     default_target: True
+
+
+rule segmentation:
+    """The segmentation stage and the report figures (not yet part of the default run)."""
+    input:
+        metrics("seg"),
+        metrics("seg_full") if config["seg"]["full_bound"] else [],
+        rules.report_figures.output,
+        rules.report_examples.output,

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("cam",)
+STAGES = ("cam", "aff_labels", "rw", "pseudo")
 
 
 def main() -> int:
@@ -35,9 +35,22 @@ def main() -> int:
     override = {"run": args.run, "dataset": {"root": str(args.data.resolve())}}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(override, f)
-    targets = [f"results/{args.run}/metrics/{s}.json" for s in STAGES[: STAGES.index(args.until) + 1]]
-    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", args.cores, "--configfile",
-           str(ROOT / "configs/msrc21.yaml"), f.name, "--quiet", "rules"]  # fmt: skip
+    targets = [
+        f"results/{args.run}/metrics/{s}.json" for s in STAGES[: STAGES.index(args.until) + 1]
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *targets,
+        "--cores",
+        args.cores,
+        "--configfile",
+        str(ROOT / "configs/msrc21.yaml"),
+        f.name,
+        "--quiet",
+        "rules",
+    ]
     start = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.time() - start
@@ -46,7 +59,8 @@ def main() -> int:
     rows = []
     for stage in STAGES[: STAGES.index(args.until) + 1]:
         m = json.loads((run_dir / "metrics" / f"{stage}.json").read_text())
-        rows.append((stage, m["miou"], m["floor"]["miou"], m.get("best", {})))
+        floor = m["floor"]["miou"] if "floor" in m else float("nan")
+        rows.append((stage, m["miou"], floor, m.get("best", {}) or m.get("coverage", "")))
     peak_mb, job_seconds = 0.0, {}
     for tsv in sorted((run_dir / "benchmarks").glob("*.tsv")):
         with tsv.open() as fh:
@@ -55,9 +69,9 @@ def main() -> int:
         job_seconds[tsv.stem] = float(record["s"])
 
     print(f"\nMSRC-21 ({args.data}), results in {run_dir}")
-    print(f"{'stage':<8} {'mIoU':>6} {'floor':>6}  best")
-    for stage, miou, floor, best in rows:
-        print(f"{stage:<8} {miou:6.2f} {floor:6.2f}  {best}")
+    print(f"{'stage':<10} {'mIoU':>6} {'floor':>6}  best / coverage")
+    for stage, miou, floor, note in rows:
+        print(f"{stage:<10} {miou:6.2f} {floor:6.2f}  {note}")
     print(f"wall time of this invocation: {wall / 60:.1f} min (jobs already done are not rerun)")
     print("job seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in job_seconds.items()))
     print(f"peak memory (largest job max_rss): {peak_mb / 1024:.2f} GiB")

@@ -88,11 +88,24 @@ def measure(method: str, grid: int, repeats: int, device: str, out: Path) -> dic
     return {"seconds": min(seconds), "peak_mib": peak_mib}
 
 
-def run_child(args: argparse.Namespace, method: str, grid: int, repeats: int, out: Path,
-              timeout: float | None) -> dict:  # fmt: skip
+def run_child(
+    args: argparse.Namespace, method: str, grid: int, repeats: int, out: Path, timeout: float | None
+) -> dict:
     """Measure in a fresh process; a crash or timeout becomes an ``error`` entry."""
-    cmd = [sys.executable, __file__, "--measure", method, "--grid", str(grid), "--out", str(out),
-           "--repeats", str(repeats), "--device", args.device]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--measure",
+        method,
+        "--grid",
+        str(grid),
+        "--out",
+        str(out),
+        "--repeats",
+        str(repeats),
+        "--device",
+        args.device,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     try:
@@ -108,15 +121,25 @@ def run_child(args: argparse.Namespace, method: str, grid: int, repeats: int, ou
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grids", type=int, nargs="+", default=[32, 64, 96],
-                        help="grid sides compared with the dense reference")  # fmt: skip
+    parser.add_argument(
+        "--grids",
+        type=int,
+        nargs="+",
+        default=[32, 64, 96],
+        help="grid sides compared with the dense reference",
+    )
     parser.add_argument("--big", type=int, default=128, help="grid side for ours alone (0: none)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of ours per grid (best kept)")
     parser.add_argument("--dense-repeats", type=int, default=1, help="runs of the dense reference")
-    parser.add_argument("--dense-max", type=int, default=96,
-                        help="skip the dense reference above this grid side")  # fmt: skip
-    parser.add_argument("--dense-timeout", type=float, default=1200.0,
-                        help="seconds before a dense measurement is abandoned")  # fmt: skip
+    parser.add_argument(
+        "--dense-max", type=int, default=96, help="skip the dense reference above this grid side"
+    )
+    parser.add_argument(
+        "--dense-timeout",
+        type=float,
+        default=1200.0,
+        help="seconds before a dense measurement is abandoned",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--measure", choices=sorted(METHODS), help=argparse.SUPPRESS)
@@ -130,13 +153,19 @@ def main() -> int:
         return 0
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device} "
-          f"({device_name}), {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
-    print(f"D = {DEPTH}, C = {CHANNELS}, radius {RADIUS}, beta {BETA:g}, logt {LOGT}; ours: best "
-          f"of {args.repeats}, dense: best of {args.dense_repeats}\n")  # fmt: skip
-    print("| grid | N | ours time (s) | ours peak (MiB) | dense time (s) | dense peak (MiB) "
-          "| speed-up | max abs diff |")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device} "
+        f"({device_name}), {os.cpu_count()} CPUs, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"D = {DEPTH}, C = {CHANNELS}, radius {RADIUS}, beta {BETA:g}, logt {LOGT}; ours: best "
+        f"of {args.repeats}, dense: best of {args.dense_repeats}\n"
+    )
+    print(
+        "| grid | N | ours time (s) | ours peak (MiB) | dense time (s) | dense peak (MiB) "
+        "| speed-up | max abs diff |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     grids = [(g, True) for g in args.grids] + ([(args.big, False)] if args.big else [])
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,8 +177,9 @@ def main() -> int:
             elif grid > args.dense_max:
                 dense = {"error": "skipped"}
             else:
-                dense = run_child(args, "dense", grid, args.dense_repeats, dense_out,
-                                  args.dense_timeout)  # fmt: skip
+                dense = run_child(
+                    args, "dense", grid, args.dense_repeats, dense_out, args.dense_timeout
+                )
             cells = [f"{grid}x{grid}", str(grid * grid)]
             for result in (ours, dense):
                 if "error" in result:

@@ -32,8 +32,9 @@ def test_pair_labels_shift_and_mark_outside() -> None:
     assert l_j[0, 1].tolist() == [[255, 3, 4], [255, 255, 255]]
 
 
-def brute_force_loss(features: torch.Tensor, labels: torch.Tensor, radius: int,
-                     has_background: bool) -> float:  # fmt: skip
+def brute_force_loss(
+    features: torch.Tensor, labels: torch.Tensor, radius: int, has_background: bool
+) -> float:
     """Eq. 4-10 by enumerating every unordered pair of grid positions."""
     _, _, h, w = features.shape
     subsets: dict[str, list[float]] = {"fg": [], "bg": [], "neg": []}
@@ -49,7 +50,9 @@ def brute_force_loss(features: torch.Tensor, labels: torch.Tensor, radius: int,
                 dist = (features[b, :, yi, xi] - features[b, :, yj, xj]).abs().mean()
                 a = float(torch.exp(-dist))
                 if li == lj:
-                    subsets["bg" if has_background and li == 0 else "fg"].append(-math.log(a + 1e-5))
+                    subsets["bg" if has_background and li == 0 else "fg"].append(
+                        -math.log(a + 1e-5)
+                    )
                 else:
                     subsets["neg"].append(-math.log(1 + 1e-5 - a))
     weights = {"fg": 0.25 if has_background else 0.5, "bg": 0.25, "neg": 0.5}
@@ -64,8 +67,9 @@ def test_affinity_loss_matches_brute_force(has_background: bool) -> None:
     labels = torch.randint(0, 3, (2, 6, 7), generator=gen)
     labels[0, :2, :3] = 255
     loss, stats = affinity_loss(features, labels, 3, has_background)
-    assert float(loss) == pytest.approx(brute_force_loss(features, labels, 3, has_background),
-                                        rel=1e-5)  # fmt: skip
+    assert float(loss) == pytest.approx(
+        brute_force_loss(features, labels, 3, has_background), rel=1e-5
+    )
     assert ("bg" in stats) == has_background and stats["neg_pairs"] > 0
 
 
@@ -102,8 +106,9 @@ def test_confident_regions_without_background() -> None:
     assert (single == 4).all()  # one label and no background: the whole image is that class
     yy, xx = np.mgrid[:40, :40]
     broad = np.exp(-((yy - 20) ** 2 + (xx - 12) ** 2) / 300.0).astype(np.float32)[None]
-    labels = confident_regions(image, np.concatenate([broad, 1.0 - broad]), np.array([1, 6]), False,
-                               AffinityLabelParams())  # fmt: skip
+    labels = confident_regions(
+        image, np.concatenate([broad, 1.0 - broad]), np.array([1, 6]), False, AffinityLabelParams()
+    )
     assert labels[20, 12] == 1 and labels[20, 36] == 6
     assert set(np.unique(labels)) <= {1, 6, 255}
 

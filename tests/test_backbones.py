@@ -22,10 +22,13 @@ from wsss.models.backbones import (
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.mark.parametrize(("name", "classes"), [
-    ("chelsea", range(281, 286)),  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-    ("coffee", [967]),  # espresso
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "classes"),
+    [
+        ("chelsea", range(281, 286)),  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+        ("coffee", [967]),  # espresso
+    ],
+)
 def test_lite0_weights_classify_known_photos(name: str, classes: range) -> None:
     model = Lite0Classifier()
     load_lite0_imagenet(model)

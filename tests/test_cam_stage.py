@@ -22,9 +22,15 @@ from wsss.stages import eval_maps, infer_cam, train_cam
 from wsss.store import MapsReader, MapsWriter, StoreError
 
 FAST = train_cam.TrainCamParams(
-    backbone="lite0", output_stride=16, head_channels=32, epochs=1, batch_size=8,
-    crop_size=64, num_workers=0, device="cpu",
-)  # fmt: skip
+    backbone="lite0",
+    output_stride=16,
+    head_channels=32,
+    epochs=1,
+    batch_size=8,
+    crop_size=64,
+    num_workers=0,
+    device="cpu",
+)
 
 
 def wsss(*args: str) -> list[str]:
@@ -32,10 +38,29 @@ def wsss(*args: str) -> list[str]:
 
 
 def train_args(manifest: Path, out: Path, state: Path, epochs: int) -> list[str]:
-    return wsss("train-cam", "--manifest", str(manifest), "--out", str(out), "--state-dir",
-                str(state), "--epochs", str(epochs), "--head-channels", "32", "--crop-size",
-                "64", "--batch-size", "8", "--num-workers", "0", "--device", "cpu",
-                "--output-stride", "16")  # fmt: skip
+    return wsss(
+        "train-cam",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--state-dir",
+        str(state),
+        "--epochs",
+        str(epochs),
+        "--head-channels",
+        "32",
+        "--crop-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--output-stride",
+        "16",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +103,15 @@ def test_killed_training_resumes_and_matches_uninterrupted(
     finished = torch.load(state / "last.pt", weights_only=True)["epoch"]
     assert 1 <= finished < 3
 
-    resumed = subprocess.run(train_args(tiny_manifest, out, state, 3), capture_output=True,
-                             text=True, check=True)  # fmt: skip
+    resumed = subprocess.run(
+        train_args(tiny_manifest, out, state, 3), capture_output=True, text=True, check=True
+    )
     assert f"after epoch {finished}" in resumed.stderr
 
     straight = tmp_path / "straight.pt"
-    subprocess.run(train_args(tiny_manifest, straight, tmp_path / "s2", 3), check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        train_args(tiny_manifest, straight, tmp_path / "s2", 3), check=True, capture_output=True
+    )
     a = torch.load(out, weights_only=True)["state_dict"]
     b = torch.load(straight, weights_only=True)["state_dict"]
     for key in a:
@@ -114,8 +141,19 @@ def test_infer_cam_killed_mid_shard_leaves_no_complete_file(
     cam_model: Path, tiny_manifest: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "shard-0.h5"
-    args = wsss("infer-cam", "--manifest", str(tiny_manifest), "--model", str(cam_model),
-                "--out", str(out), "--device", "cpu", "--scales", *["1.0"] * 40)  # fmt: skip
+    args = wsss(
+        "infer-cam",
+        "--manifest",
+        str(tiny_manifest),
+        "--model",
+        str(cam_model),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--scales",
+        *["1.0"] * 40,
+    )
     proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
     tmp = out.with_name(f".{out.name}.tmp-{proc.pid}")  # the child's temporary name
     wait_for(lambda: tmp.exists() or proc.poll() is not None)
@@ -127,8 +165,9 @@ def test_infer_cam_killed_mid_shard_leaves_no_complete_file(
     with pytest.raises(StoreError):
         MapsReader([tmp])
 
-    subprocess.run(args[: args.index("--scales")] + ["--scales", "1.0"], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        args[: args.index("--scales")] + ["--scales", "1.0"], check=True, capture_output=True
+    )
     with MapsReader([out]) as reader:
         assert len(reader.ids()) == 24
 
@@ -146,9 +185,13 @@ def test_eval_scores_perfect_maps_and_the_floor(tiny_manifest: Path, tmp_path: P
     manifest = Manifest.load(tiny_manifest)
     perfect_maps(manifest, "train", tmp_path / "maps.h5")
     params = eval_maps.EvalMapsParams(split="train", bg_values=(1.0, 4.0))
-    result = eval_maps.run(tiny_manifest, [tmp_path / "maps.h5"], tmp_path / "m.json", "cam", params)
+    result = eval_maps.run(
+        tiny_manifest, [tmp_path / "maps.h5"], tmp_path / "m.json", "cam", params
+    )
     assert result["miou"] == 100.0 and result["curve"] == [
-        {"alpha": 1.0, "miou": 100.0}, {"alpha": 4.0, "miou": 100.0}]  # fmt: skip
+        {"alpha": 1.0, "miou": 100.0},
+        {"alpha": 4.0, "miou": 100.0},
+    ]
     # floor = everything background: IoU_bg = share of background pixels, others 0
     masks = [read_mask(r.mask) for r in manifest.split("train")]
     bg_share = sum((m == 0).sum() for m in masks) / sum(m.size for m in masks)
@@ -170,8 +213,13 @@ def test_eval_without_background_uses_present_classes(tiny_manifest: Path, tmp_p
     no_bg = Manifest("nobg", manifest.classes, False, {"train": records})
     no_bg.save(tmp_path / "nobg.json")
     perfect_maps(no_bg, "train", tmp_path / "maps.h5")
-    result = eval_maps.run(tmp_path / "nobg.json", [tmp_path / "maps.h5"], tmp_path / "m.json",
-                           "cam", eval_maps.EvalMapsParams())  # fmt: skip
+    result = eval_maps.run(
+        tmp_path / "nobg.json",
+        [tmp_path / "maps.h5"],
+        tmp_path / "m.json",
+        "cam",
+        eval_maps.EvalMapsParams(),
+    )
     assert result["miou"] == 100.0 and result["curve"] == [] and result["best"] == {}
     assert "background" not in result["per_class"]
     assert 0 < result["floor"]["miou"] < 100
@@ -181,9 +229,21 @@ def test_eval_refuses_maps_missing_images(tiny_manifest: Path, tmp_path: Path) -
     manifest = Manifest.load(tiny_manifest)
     half = Manifest("half", manifest.classes, True, {"train": manifest.split("train")[:5]})
     perfect_maps(half, "train", tmp_path / "maps.h5")
-    proc = subprocess.run(wsss("eval-maps", "--manifest", str(tiny_manifest), "--maps",
-                               str(tmp_path / "maps.h5"), "--out", str(tmp_path / "m.json"),
-                               "--stage", "cam"), capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        wsss(
+            "eval-maps",
+            "--manifest",
+            str(tiny_manifest),
+            "--maps",
+            str(tmp_path / "maps.h5"),
+            "--out",
+            str(tmp_path / "m.json"),
+            "--stage",
+            "cam",
+        ),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "19 images have no maps" in proc.stderr
     assert not (tmp_path / "m.json").exists()
     assert os.listdir(tmp_path) == ["maps.h5"]

@@ -83,9 +83,7 @@ def test_render_sample_poses_wsss() -> None:
         foreground = sample.mask > 0
         assert sample.image.shape == (SIZE, SIZE, 3) and sample.image.dtype == np.uint8
         assert 1 <= len(sample.classes) <= 3
-        assert set(np.unique(sample.mask[foreground]).tolist()) == {
-            c + 1 for c in sample.classes
-        }
+        assert set(np.unique(sample.mask[foreground]).tolist()) == {c + 1 for c in sample.classes}
         assert not (sample.marking & ~foreground).any()
         for cls in sample.classes:
             assert (sample.marking & (sample.mask == cls + 1)).any(), "marking hidden"

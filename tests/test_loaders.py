@@ -163,8 +163,11 @@ def test_voc_no_mask_and_no_xml_names_files(voc_root: Path) -> None:
         voc.build(voc_root)
     message = str(err.value)
     assert "2009_000009" in message
-    looked = ["SegmentationClass/2009_000009.png", "SegmentationClassAug/2009_000009.png",
-              "Annotations/2009_000009.xml"]  # fmt: skip
+    looked = [
+        "SegmentationClass/2009_000009.png",
+        "SegmentationClassAug/2009_000009.png",
+        "Annotations/2009_000009.xml",
+    ]
     for relative in looked:
         assert str(voc_root / relative) in message
 
@@ -294,15 +297,35 @@ def coco_json(file_names: list[str]) -> dict:
         for i, f in enumerate(file_names)
     ]
     annotations = [
-        {"id": 10, "image_id": 1, "category_id": 3, "iscrowd": 0,
-         "segmentation": {"counts": rle_counts(car), "size": size}},
-        {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 0,
-         "segmentation": [[2, 2, 22, 2, 22, 16, 2, 16]]},
-        {"id": 12, "image_id": 1, "category_id": 18, "iscrowd": 1,
-         "segmentation": {"counts": rle_counts(crowd), "size": size}},
-        {"id": 13, "image_id": 3, "category_id": 18, "iscrowd": 0,
-         "segmentation": {"counts": dog_rle["counts"].decode(), "size": size}},
-    ]  # fmt: skip
+        {
+            "id": 10,
+            "image_id": 1,
+            "category_id": 3,
+            "iscrowd": 0,
+            "segmentation": {"counts": rle_counts(car), "size": size},
+        },
+        {
+            "id": 11,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 0,
+            "segmentation": [[2, 2, 22, 2, 22, 16, 2, 16]],
+        },
+        {
+            "id": 12,
+            "image_id": 1,
+            "category_id": 18,
+            "iscrowd": 1,
+            "segmentation": {"counts": rle_counts(crowd), "size": size},
+        },
+        {
+            "id": 13,
+            "image_id": 3,
+            "category_id": 18,
+            "iscrowd": 0,
+            "segmentation": {"counts": dog_rle["counts"].decode(), "size": size},
+        },
+    ]
     categories = [
         {"id": 18, "name": "dog", "supercategory": "animal"},
         {"id": 1, "name": "person", "supercategory": "person"},

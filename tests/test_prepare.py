@@ -16,10 +16,24 @@ from wsss.data.manifest import Manifest
 
 def prepare(root: Path, out: Path, kind: str = "demo") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "wsss.cli", "prepare", "--kind", kind, "--root", str(root),
-         "--out", str(out), "--splits", "train", "val"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "wsss.cli",
+            "prepare",
+            "--kind",
+            kind,
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--splits",
+            "train",
+            "val",
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -76,13 +90,16 @@ def break_empty_split(root: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("breaker", "words"), [
-    (break_missing_image, "missing"),
-    (break_corrupt_jpeg, "corrupt"),
-    (break_mask_size, "differs from its image"),
-    (break_mask_label, "not in the class list"),
-    (break_empty_split, "is empty"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("breaker", "words"),
+    [
+        (break_missing_image, "missing"),
+        (break_corrupt_jpeg, "corrupt"),
+        (break_mask_size, "differs from its image"),
+        (break_mask_label, "not in the class list"),
+        (break_empty_split, "is empty"),
+    ],
+)
 def test_broken_dataset_names_the_file(demo_copy: Path, tmp_path: Path, breaker, words) -> None:
     broken = breaker(demo_copy)
     out = tmp_path / "dataset.json"
@@ -101,9 +118,22 @@ def test_unknown_label_in_folder_csv_names_the_csv(tmp_path: Path) -> None:
     (root / "classes.txt").write_text("cat\ndog\n")
     (root / "labels.csv").write_text("image,labels\na.jpg,cat;zebra\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "wsss.cli", "prepare", "--kind", "folder", "--root", str(root),
-         "--out", str(tmp_path / "d.json"), "--splits", "train"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "wsss.cli",
+            "prepare",
+            "--kind",
+            "folder",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "d.json"),
+            "--splits",
+            "train",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "labels.csv" in proc.stderr and "zebra" in proc.stderr

@@ -75,8 +75,11 @@ def test_matches_dense_reference_other_settings(radius: int, logt: int) -> None:
 
 def test_offsets_are_the_strict_disc() -> None:
     offsets = neighbour_offsets(5)
-    assert len(offsets) == sum(1 for dy in range(-5, 6) for dx in range(-5, 6)
-                               if 0 < dy * dy + dx * dx < 25) == 68  # fmt: skip
+    assert (
+        len(offsets)
+        == sum(1 for dy in range(-5, 6) for dx in range(-5, 6) if 0 < dy * dy + dx * dx < 25)
+        == 68
+    )
     assert len(set(offsets)) == 68 and (0, 0) not in offsets
     assert all((-dy, -dx) in offsets for dy, dx in offsets)
     assert (0, 4) in offsets and (3, 3) in offsets

@@ -51,11 +51,19 @@ def test_parameter_count_and_names(net8: ResNet38d, net16: ResNet38d) -> None:
     assert abs(count - 105.07e6) / 105.07e6 < 0.01
     state = net8.state_dict()
     for key in [
-        "conv1a.weight", "b2.conv_branch1.weight", "b2.bn_branch2a.running_mean",
-        "b2_1.conv_branch2b1.weight", "b4_5.bn_branch2b1.running_var", "b5.conv_branch1.weight",
-        "b5_2.conv_branch2a.weight", "b6.conv_branch2b2.weight", "b6.bn_branch2b2.weight",
-        "b7.conv_branch1.weight", "bn7.bias", "bn7.running_var",
-    ]:  # fmt: skip
+        "conv1a.weight",
+        "b2.conv_branch1.weight",
+        "b2.bn_branch2a.running_mean",
+        "b2_1.conv_branch2b1.weight",
+        "b4_5.bn_branch2b1.running_var",
+        "b5.conv_branch1.weight",
+        "b5_2.conv_branch2a.weight",
+        "b6.conv_branch2b2.weight",
+        "b6.bn_branch2b2.weight",
+        "b7.conv_branch1.weight",
+        "bn7.bias",
+        "bn7.running_var",
+    ]:
         assert key in state, key
     assert "b2_1.conv_branch1.weight" not in state
     assert "conv1a.bias" not in state

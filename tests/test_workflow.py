@@ -20,25 +20,54 @@ TINY = {
     "num_shards": 2,
     "demo": {"seed": 3, "num_train": 16, "num_val": 6, "image_size": 64},
     "cam": {
-        "train": {"epochs": 2, "crop_size": 64, "head_channels": 32, "batch_size": 8,
-                  "num_workers": 0},  # fmt: skip
+        "train": {
+            "epochs": 2,
+            "crop_size": 64,
+            "head_channels": 32,
+            "batch_size": 8,
+            "num_workers": 0,
+        },
         "infer": {"scales": [1.0, 0.5]},
     },
     "affinity": {
         "train": {"epochs": 1, "crop_size": 64, "batch_size": 8, "num_workers": 0},
         "random_walk": {"logt": 4},
     },
+    "seg": {
+        "train": {
+            "epochs": 1,
+            "crop_size": 64,
+            "batch_size": 8,
+            "num_workers": 0,
+            "head_channels": 16,
+        },
+        "infer": {"scales": [1.0]},
+    },
 }
 
 
-def snakemake(workdir: Path, *args: str, configs: tuple[dict, ...] = ()) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, configs: tuple[dict, ...] = ()
+) -> subprocess.CompletedProcess:
     files = []
     for i, config in enumerate((TINY, *configs)):
         path = workdir / f"override-{i}.yaml"
         path.write_text(yaml.safe_dump(config))
         files.append(str(path))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", "--configfile", *files, *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        *files,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
 
 
@@ -51,32 +80,60 @@ def planned_jobs(output: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
-    proc = snakemake(workdir)
+    proc = snakemake(workdir, "all", "segmentation")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
 
 
 def test_run_writes_every_artefact(finished_run: Path) -> None:
     run = finished_run / "results" / "tiny"
-    for path in ["dataset.json", "cam/model.pt", "cam/shard-0.h5", "cam/shard-1.h5",
-                 "aff/model.pt", "rw/shard-0.h5", "rw/shard-1.h5", "metrics/cam.json",
-                 "metrics/aff_labels.json", "metrics/rw.json", "metrics/pseudo.json"]:  # fmt: skip
+    for path in [
+        "dataset.json",
+        "cam/model.pt",
+        "cam/shard-0.h5",
+        "cam/shard-1.h5",
+        "aff/model.pt",
+        "rw/shard-0.h5",
+        "rw/shard-1.h5",
+        "metrics/cam.json",
+        "metrics/aff_labels.json",
+        "metrics/rw.json",
+        "metrics/pseudo.json",
+    ]:
         assert (run / path).is_file(), path
     train_ids = (finished_run / "data/demo/ImageSets/Segmentation/train.txt").read_text().split()
     for stage in ("aff_labels", "pseudo"):
         pngs = sorted(p.stem for p in (run / stage).glob("shard-*/*.png"))
         assert pngs == sorted(train_ids), stage  # every image exactly once over the shards
-    for rule in ["make_demo", "prepare_dataset", "train_cam", "infer_cam-0", "infer_cam-1",
-                 "eval_cam", "affinity_labels-0", "train_aff", "random_walk-1", "eval_rw",
-                 "pseudo_masks-0", "eval_pseudo"]:  # fmt: skip
+    for rule in [
+        "make_demo",
+        "prepare_dataset",
+        "train_cam",
+        "infer_cam-0",
+        "infer_cam-1",
+        "eval_cam",
+        "affinity_labels-0",
+        "train_aff",
+        "random_walk-1",
+        "eval_rw",
+        "pseudo_masks-0",
+        "eval_pseudo",
+    ]:
         assert (run / "logs" / f"{rule}.log").is_file()
         assert (run / "benchmarks" / f"{rule}.tsv").is_file()
     metrics = json.loads((run / "metrics" / "cam.json").read_text())
     assert metrics["num_images"] == 16 and metrics["split"] == "train"
     assert 0 < metrics["miou"] <= 100 and metrics["miou"] > metrics["floor"]["miou"]
     assert [p["alpha"] for p in metrics["curve"]] == [0.5, 1, 2, 4, 8, 16, 32]
-    assert set(metrics["per_class"]) == {"background", "cross", "ring", "triangle", "bars",
-                                         "diamond", "star"}  # fmt: skip
+    assert set(metrics["per_class"]) == {
+        "background",
+        "cross",
+        "ring",
+        "triangle",
+        "bars",
+        "diamond",
+        "star",
+    }
 
 
 def test_refined_stages_are_scored(finished_run: Path) -> None:
@@ -87,29 +144,67 @@ def test_refined_stages_are_scored(finished_run: Path) -> None:
     assert rw["num_images"] == pseudo["num_images"] == 16
     assert 0 < rw["miou"] <= 100 and 0 < pseudo["miou"] <= 100
     assert np.asarray(pseudo["confusion"]).sum() == 16 * 64 * 64  # every pixel scored
+    for model in ("seg", "seg_full"):
+        seg = json.loads((metrics / f"{model}.json").read_text())
+        assert seg["split"] == "val" and seg["num_images"] == 6
+        assert np.asarray(seg["confusion"]).sum() == 6 * 64 * 64
 
 
 def test_second_run_has_nothing_to_do(finished_run: Path) -> None:
     start = time.time()
-    proc = snakemake(finished_run, "--dry-run")
+    proc = snakemake(finished_run, "--dry-run", "all", "segmentation")
     assert proc.returncode == 0
     assert "Nothing to be done" in proc.stdout + proc.stderr
     assert time.time() - start < 10
 
 
+# the weakly supervised network and the report; the fully supervised bound does not depend
+# on the pseudo-masks and is not rerun
+DOWNSTREAM_OF_PSEUDO_MASKS = {
+    "train_seg": 1,
+    "infer_seg": 2,
+    "eval_seg": 1,
+    "report_figures": 1,
+    "report_examples": 1,
+    "segmentation": 1,
+}
+
+
 def test_changed_inference_parameter_reruns_only_inference_and_later(finished_run: Path) -> None:
-    proc = snakemake(finished_run, "--dry-run", configs=({"cam": {"infer": {"flip": False}}},))
+    proc = snakemake(
+        finished_run,
+        "--dry-run",
+        "all",
+        "segmentation",
+        configs=({"cam": {"infer": {"flip": False}}},),
+    )
     assert proc.returncode == 0, proc.stderr
     assert planned_jobs(proc.stdout) == {
-        "infer_cam": 2, "eval_cam": 1, "affinity_labels": 2, "eval_aff_labels": 1,
-        "train_aff": 1, "random_walk": 2,
-        "eval_rw": 1, "pseudo_masks": 2, "eval_pseudo": 1, "all": 1}  # fmt: skip
+        "infer_cam": 2,
+        "eval_cam": 1,
+        "affinity_labels": 2,
+        "eval_aff_labels": 1,
+        "train_aff": 1,
+        "random_walk": 2,
+        "eval_rw": 1,
+        "pseudo_masks": 2,
+        "eval_pseudo": 1,
+        "all": 1,
+        **DOWNSTREAM_OF_PSEUDO_MASKS,
+    }
 
 
 def test_changed_pseudo_mask_parameter_reruns_only_pseudo_masks(finished_run: Path) -> None:
-    proc = snakemake(finished_run, "--dry-run", configs=({"pseudo": {"crf": False}},))
+    proc = snakemake(
+        finished_run, "--dry-run", "all", "segmentation", configs=({"pseudo": {"crf": False}},)
+    )
     assert proc.returncode == 0, proc.stderr
-    assert planned_jobs(proc.stdout) == {"pseudo_masks": 2, "eval_pseudo": 1, "all": 1}
+    assert planned_jobs(proc.stdout) == {
+        "pseudo_masks": 2,
+        "eval_pseudo": 1,
+        "all": 1,
+        **DOWNSTREAM_OF_PSEUDO_MASKS,
+    }
 
 
 def test_more_shards_rerun_inference_only(finished_run: Path) -> None:
@@ -119,11 +214,14 @@ def test_more_shards_rerun_inference_only(finished_run: Path) -> None:
     assert jobs["infer_cam"] == 3 and "train_cam" not in jobs
 
 
-@pytest.mark.parametrize(("override", "named"), [
-    ({"cam": {"train": {"epochz": 3}}}, "'epochz' was unexpected"),
-    ({"cam": {"train": {"epochs": "five"}}}, "['cam']['train']['epochs']"),
-    ({"dataset": {"kind": "imagenet", "root": "x"}}, "['dataset']['kind']"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"cam": {"train": {"epochz": 3}}}, "'epochz' was unexpected"),
+        ({"cam": {"train": {"epochs": "five"}}}, "['cam']['train']['epochs']"),
+        ({"dataset": {"kind": "imagenet", "root": "x"}}, "['dataset']['kind']"),
+    ],
+)
 def test_bad_config_stops_naming_the_key(tmp_path: Path, override: dict, named: str) -> None:
     proc = snakemake(tmp_path, "--dry-run", configs=(override,))
     assert proc.returncode != 0

@@ -36,7 +36,11 @@ def dense_crf(image: np.ndarray, scores: np.ndarray, params: CRFParams = CRFPara
     crf = dcrf.DenseCRF2D(width, height, labels)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(probs).reshape(labels, -1)))
     crf.addPairwiseGaussian(sxy=params.crf_gaussian_sxy, compat=params.crf_gaussian_compat)
-    crf.addPairwiseBilateral(sxy=params.crf_bilateral_sxy, srgb=params.crf_bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image), compat=params.crf_bilateral_compat)  # fmt: skip
+    crf.addPairwiseBilateral(
+        sxy=params.crf_bilateral_sxy,
+        srgb=params.crf_bilateral_srgb,
+        rgbim=np.ascontiguousarray(image),
+        compat=params.crf_bilateral_compat,
+    )
     q = crf.inference(params.crf_iterations)
     return np.asarray(q, dtype=np.float32).reshape(labels, height, width)

@@ -32,10 +32,12 @@ def _maps(path: Path, limit: int) -> str:
 
     with MapsReader([path]) as reader:
         f = reader.files[0]
-        lines = [f"{path}: {reader.kind} maps, shard {f.attrs['shard'] + 1}/{f.attrs['num_shards']}, "
-                 f"{len(reader.ids())} images",  # fmt: skip
-                 f"labels ({'with' if reader.has_background else 'no'} background): "
-                 + ", ".join(reader.label_names)]  # fmt: skip
+        lines = [
+            f"{path}: {reader.kind} maps, shard {f.attrs['shard'] + 1}/{f.attrs['num_shards']}, "
+            f"{len(reader.ids())} images",
+            f"labels ({'with' if reader.has_background else 'no'} background): "
+            + ", ".join(reader.label_names),
+        ]
         names = reader.label_names[1:] if reader.has_background else reader.label_names
         for image_id in reader.ids()[:limit]:
             item = reader[image_id]
@@ -52,8 +54,10 @@ def _maps(path: Path, limit: int) -> str:
 def _json(path: Path, limit: int) -> str:
     data = json.loads(path.read_text())
     if "miou" in data:
-        lines = [f"{path}: {data.get('stage', '?')} on '{data.get('split', '?')}', "
-                 f"{data.get('num_images', '?')} images: mIoU {data['miou']:.2f}"]  # fmt: skip
+        lines = [
+            f"{path}: {data.get('stage', '?')} on '{data.get('split', '?')}', "
+            f"{data.get('num_images', '?')} images: mIoU {data['miou']:.2f}"
+        ]
         if data.get("best"):
             lines.append(f"best {data['best']}")
         if "floor" in data:
@@ -63,8 +67,10 @@ def _json(path: Path, limit: int) -> str:
         return "\n".join(lines)
     if "splits" in data:
         splits = ", ".join(f"{k} ({len(v)} images)" for k, v in data["splits"].items())
-        return (f"{path}: dataset manifest '{data['name']}', {len(data['classes'])} classes"
-                f"{' + background' if data['has_background'] else ''}; splits {splits}")  # fmt: skip
+        return (
+            f"{path}: dataset manifest '{data['name']}', {len(data['classes'])} classes"
+            f"{' + background' if data['has_background'] else ''}; splits {splits}"
+        )
     return json.dumps(data, indent=2)[:2000]
 
 

@@ -49,8 +49,9 @@ def scores(conf: np.ndarray, names: Sequence[str]) -> dict:
     }
 
 
-def background_score(maps: np.ndarray, *, alpha: float | None = None,
-                     threshold: float | None = None) -> np.ndarray:  # fmt: skip
+def background_score(
+    maps: np.ndarray, *, alpha: float | None = None, threshold: float | None = None
+) -> np.ndarray:
     """Background map [H, W] from foreground maps [K, H, W] in [0, 1].
 
     ``alpha``: ``(1 - max_c M_c) ** alpha`` (AffinityNet eq. 2); ``threshold``: a flat
@@ -64,9 +65,15 @@ def background_score(maps: np.ndarray, *, alpha: float | None = None,
     return np.power(1.0 - peak, alpha).astype(np.float32)
 
 
-def maps_to_labels(maps: np.ndarray, classes: Sequence[int], has_background: bool, *,
-                   alpha: float | None = None, threshold: float | None = None,
-                   background: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+def maps_to_labels(
+    maps: np.ndarray,
+    classes: Sequence[int],
+    has_background: bool,
+    *,
+    alpha: float | None = None,
+    threshold: float | None = None,
+    background: np.ndarray | None = None,
+) -> np.ndarray:
     """Label map uint8 [H, W] from the maps [K, H, W] of the present ``classes``.
 
     With a background class the background score (``background`` [H, W] if given, else
@@ -75,8 +82,11 @@ def maps_to_labels(maps: np.ndarray, classes: Sequence[int], has_background: boo
     """
     classes = np.asarray(classes, dtype=np.int64)
     if has_background:
-        bg = background if background is not None else background_score(
-            maps, alpha=alpha, threshold=threshold)  # fmt: skip
+        bg = (
+            background
+            if background is not None
+            else background_score(maps, alpha=alpha, threshold=threshold)
+        )
         stacked = np.concatenate([bg[None], maps], 0)
         values = np.concatenate([[0], classes + 1])
     else:

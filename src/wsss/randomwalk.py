@@ -38,13 +38,19 @@ def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
     return [(dy, dx) for dy in span for dx in span if 0 < dy * dy + dx * dx < radius * radius]
 
 
-def neighbour_mask(offsets: list[tuple[int, int]], height: int, width: int,
-                   device: torch.device | str | None = None) -> Tensor:  # fmt: skip
+def neighbour_mask(
+    offsets: list[tuple[int, int]],
+    height: int,
+    width: int,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Bool [K, h, w]: whether position (y, x) + offsets[k] lies inside the h x w grid."""
     ys = torch.arange(height, device=device)[:, None]
     xs = torch.arange(width, device=device)[None, :]
-    masks = [(ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
-             for dy, dx in offsets]  # fmt: skip
+    masks = [
+        (ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
+        for dy, dx in offsets
+    ]
     if not masks:
         return torch.zeros(0, height, width, dtype=torch.bool, device=device)
     return torch.stack(masks)
@@ -111,13 +117,18 @@ def transition_matrix(features: Tensor, radius: int = 5, beta: float = 8.0) -> T
     crow[1:] = row_counts.cumsum(0)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, columns[keep].to(index_dtype),
-                                       transition.permute(1, 2, 0)[keep], size=(n, n),
-                                       check_invariants=False)  # fmt: skip
+        return torch.sparse_csr_tensor(
+            crow,
+            columns[keep].to(index_dtype),
+            transition.permute(1, 2, 0)[keep],
+            size=(n, n),
+            check_invariants=False,
+        )
 
 
-def random_walk(cam: Tensor, features: Tensor, radius: int = 5, beta: float = 8.0,
-                logt: int = 8) -> Tensor:  # fmt: skip
+def random_walk(
+    cam: Tensor, features: Tensor, radius: int = 5, beta: float = 8.0, logt: int = 8
+) -> Tensor:
     """Propagate class activation maps by the random walk of AffinityNet (eq. 12).
 
     Computes vec(out_c) = T^t vec(cam_c) for every channel c with t = 2^logt and
@@ -141,8 +152,10 @@ def random_walk(cam: Tensor, features: Tensor, radius: int = 5, beta: float = 8.
         [C, h, w], same dtype and device as ``cam``.
     """
     if cam.dim() != 3 or features.dim() != 3 or cam.shape[1:] != features.shape[1:]:
-        raise ValueError(f"cam [C, h, w] and features [D, h, w] must share the grid, got "
-                         f"{tuple(cam.shape)} and {tuple(features.shape)}")  # fmt: skip
+        raise ValueError(
+            f"cam [C, h, w] and features [D, h, w] must share the grid, got "
+            f"{tuple(cam.shape)} and {tuple(features.shape)}"
+        )
     if cam.device != features.device:
         raise ValueError(f"cam on {cam.device} and features on {features.device}")
     if not cam.is_floating_point():
@@ -157,8 +170,9 @@ def random_walk(cam: Tensor, features: Tensor, radius: int = 5, beta: float = 8.
     return walked.t().reshape(channels, height, width).contiguous()
 
 
-def dense_random_walk(cam: Tensor, features: Tensor, radius: int = 5, beta: float = 8.0,
-                      logt: int = 8) -> Tensor:  # fmt: skip
+def dense_random_walk(
+    cam: Tensor, features: Tensor, radius: int = 5, beta: float = 8.0, logt: int = 8
+) -> Tensor:
     """Reference random walk with a dense N x N transition matrix, as in the released code.
 
     Builds W [N, N] from all pairwise channel-mean L1 feature distances, keeps the pairs at

@@ -57,9 +57,14 @@ class ImageMaps:
         """The same maps bilinearly upsampled to the image size (stride 1)."""
         if self.stride == 1:
             return self
-        return replace(self, maps=upsample(self.maps, self.size, self.stride),
-                       background=None if self.background is None else
-                       upsample(self.background, self.size, self.stride), stride=1)  # fmt: skip
+        return replace(
+            self,
+            maps=upsample(self.maps, self.size, self.stride),
+            background=None
+            if self.background is None
+            else upsample(self.background, self.size, self.stride),
+            stride=1,
+        )
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int], stride: int) -> np.ndarray:
@@ -81,9 +86,17 @@ def _key(image_id: str) -> str:
 class MapsWriter:
     """Write one shard: ``with MapsWriter(path, ...) as w: w.add(id, maps, classes)``."""
 
-    def __init__(self, path: str | os.PathLike[str], kind: str, label_names: Sequence[str],
-                 has_background: bool, shard: int, num_shards: int, stride: int = 1,
-                 alphas: Sequence[float] = ()):  # fmt: skip
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        kind: str,
+        label_names: Sequence[str],
+        has_background: bool,
+        shard: int,
+        num_shards: int,
+        stride: int = 1,
+        alphas: Sequence[float] = (),
+    ):
         self.path = Path(path)
         self.tmp = temp_name(self.path)
         self.attrs = {
@@ -107,8 +120,14 @@ class MapsWriter:
         self.images = self.file.create_group("images")
         return self
 
-    def add(self, image_id: str, maps: np.ndarray, classes: Sequence[int],
-            background: np.ndarray | None = None, size: tuple[int, int] | None = None) -> None:  # fmt: skip
+    def add(
+        self,
+        image_id: str,
+        maps: np.ndarray,
+        classes: Sequence[int],
+        background: np.ndarray | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
         """Store ``maps`` [K, h, w] (values in [0, 1]) of the classes ``classes`` [K], and
         ``background`` [A, h, w] (one per alpha); ``size`` is the image size (H, W),
         by default the maps' own size."""
@@ -122,9 +141,13 @@ class MapsWriter:
         group.attrs["size"] = np.asarray(size or maps.shape[1:], dtype=np.int64)
         for name, data in (("maps", maps), ("background", background)):
             if data is not None:
-                group.create_dataset(name, data=data.astype(np.float16), compression="gzip",
-                                     compression_opts=4,
-                                     chunks=(1, *data.shape[1:]) if len(data) else None)  # fmt: skip
+                group.create_dataset(
+                    name,
+                    data=data.astype(np.float16),
+                    compression="gzip",
+                    compression_opts=4,
+                    chunks=(1, *data.shape[1:]) if len(data) else None,
+                )
         group.create_dataset("classes", data=np.asarray(classes, dtype=np.int16))
         self.count += 1
 
@@ -152,7 +175,9 @@ class MapsReader:
             for key in f["images"]:
                 image_id = key.replace("%2F", "/")
                 if image_id in self.where:
-                    raise StoreError(f"{path}: image '{image_id}' is also in {self.where[image_id].filename}")
+                    raise StoreError(
+                        f"{path}: image '{image_id}' is also in {self.where[image_id].filename}"
+                    )
                 self.where[image_id] = f
         first = self.files[0].attrs if self.files else {}
         self.kind = str(first.get("kind", ""))
@@ -172,8 +197,14 @@ class MapsReader:
             raise StoreError(f"image '{image_id}' is in none of the maps files")
         group = self.where[image_id]["images"][_key(image_id)]
         background = group["background"][()].astype(np.float32) if "background" in group else None
-        return ImageMaps(image_id, group["maps"][()].astype(np.float32), group["classes"][()],
-                         background, tuple(int(v) for v in group.attrs["size"]), self.stride)  # fmt: skip
+        return ImageMaps(
+            image_id,
+            group["maps"][()].astype(np.float32),
+            group["classes"][()],
+            background,
+            tuple(int(v) for v in group.attrs["size"]),
+            self.stride,
+        )
 
     def check_covers(self, ids: Sequence[str]) -> None:
         """Every id in ``ids`` is stored exactly once (duplicates were refused on open)."""

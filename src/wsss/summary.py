@@ -36,13 +36,27 @@ def summarize(run_dir: str | os.PathLike[str]) -> str:
             notes.append(f"trivial floor {m['floor']['miou']:.2f}")
         if "coverage" in m and m["coverage"] < 100:
             notes.append(f"coverage {m['coverage']:.1f}%")
-        lines.append(f"{title:<50} {m['miou']:6.2f}  {m.get('num_images', ''):>6}  "
-                     + "; ".join(notes))  # fmt: skip
+        lines.append(
+            f"{title:<50} {m['miou']:6.2f}  {m.get('num_images', ''):>6}  " + "; ".join(notes)
+        )
+    weak, full = (metrics_dir / "seg.json", metrics_dir / "seg_full.json")
+    if weak.exists() and full.exists():
+        ratio = json.loads(weak.read_text())["miou"] / max(
+            json.loads(full.read_text())["miou"], 1e-9
+        )
+        lines.append(f"{'weak / full supervision':<50} {ratio:6.2f}")
     lines += ["", "Artefacts:"]
     for pattern, what in [
         ("dataset.json", "dataset manifest (splits, labels)"),
         ("cam/model.pt", "CAM network"),
         ("cam/shard-*.h5", "CAMs (HDF5; wsss inspect FILE)"),
+        ("aff_labels/shard-*", "affinity labels (PNG per image)"),
+        ("aff/model.pt", "AffinityNet"),
+        ("rw/shard-*.h5", "refined CAMs (HDF5)"),
+        ("pseudo/shard-*", "pseudo-masks (PNG per image)"),
+        ("seg/model.pt", "segmentation network (wsss predict)"),
+        ("seg_full/model.pt", "fully supervised bound"),
+        ("pred/seg/shard-*", "val predictions (PNG per image)"),
         ("metrics/*.json", "metrics"),
         ("logs/*.log", "logs per job"),
         ("benchmarks/*.tsv", "time and memory per job"),

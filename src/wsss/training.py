@@ -50,9 +50,17 @@ class TrainParams:
     amp: bool = True
 
 
-def train(model: nn.Module, pretrained: nn.Module, new: list[nn.Module], dataset: Dataset,
-          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], params: TrainParams,
-          checkpoints: EpochCheckpoints, device: torch.device, name: str) -> None:  # fmt: skip
+def train(
+    model: nn.Module,
+    pretrained: nn.Module,
+    new: list[nn.Module],
+    dataset: Dataset,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    params: TrainParams,
+    checkpoints: EpochCheckpoints,
+    device: torch.device,
+    name: str,
+) -> None:
     """Train ``model`` (already on ``device``) with SGD: ``pretrained`` at the backbone's
     learning rates, ``new`` at the new layers'; batch norm of ``pretrained`` frozen when
     ``params.freeze_bn``; see :func:`fit` for the loop."""
@@ -61,11 +69,30 @@ def train(model: nn.Module, pretrained: nn.Module, new: list[nn.Module], dataset
     groups = param_groups([pretrained], new, params.weight_decay, params.lr_multipliers)
     optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum)
     loader = make_loader(dataset, params.batch_size, params.num_workers, device, params.seed)
-    log.info("%s: %d images, %d epochs x %d steps on %s (%d threads)", name, len(dataset),
-             params.epochs, len(loader), device, torch.get_num_threads())  # fmt: skip
-    fit(model, loader, optimizer, loss_fn, checkpoints, epochs=params.epochs, base_lr=params.lr,
-        poly_power=params.poly_power, device=device, amp=params.amp, seed=params.seed,
-        frozen_bn=pretrained if params.freeze_bn else None, name=name)  # fmt: skip
+    log.info(
+        "%s: %d images, %d epochs x %d steps on %s (%d threads)",
+        name,
+        len(dataset),
+        params.epochs,
+        len(loader),
+        device,
+        torch.get_num_threads(),
+    )
+    fit(
+        model,
+        loader,
+        optimizer,
+        loss_fn,
+        checkpoints,
+        epochs=params.epochs,
+        base_lr=params.lr,
+        poly_power=params.poly_power,
+        device=device,
+        amp=params.amp,
+        seed=params.seed,
+        frozen_bn=pretrained if params.freeze_bn else None,
+        name=name,
+    )
 
 
 def set_seed(seed: int) -> None:
@@ -121,8 +148,9 @@ def param_groups(
     return [g for g in groups if g["params"]]
 
 
-def set_poly_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, max_steps: int,
-                power: float = 0.9) -> float:  # fmt: skip
+def set_poly_lr(
+    optimizer: torch.optim.Optimizer, base_lr: float, step: int, max_steps: int, power: float = 0.9
+) -> float:
     """lr = base_lr * (1 - step / max_steps) ** power, times each group's ``lr_mult``."""
     lr = base_lr * (1.0 - min(step, max_steps) / max_steps) ** power
     for group in optimizer.param_groups:
@@ -215,8 +243,9 @@ def fit(
         total, seen = 0.0, 0
         bar = progress(loader, f"{name} epoch {epoch + 1}/{epochs}", "batch")
         for step, (inputs, targets) in enumerate(bar):
-            lr = set_poly_lr(optimizer, base_lr, epoch * steps_per_epoch + step, max_steps,
-                             poly_power)  # fmt: skip
+            lr = set_poly_lr(
+                optimizer, base_lr, epoch * steps_per_epoch + step, max_steps, poly_power
+            )
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             with autocast(device, amp):
@@ -234,15 +263,31 @@ def fit(
 def progress(iterable: Iterable, desc: str, unit: str) -> tqdm:
     """A progress bar: live in a terminal, a line every 30 s in a log file."""
     interactive = sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, unit=unit, mininterval=0.5 if interactive else 30,
-                dynamic_ncols=interactive, ascii=not interactive)  # fmt: skip
+    return tqdm(
+        iterable,
+        desc=desc,
+        unit=unit,
+        mininterval=0.5 if interactive else 30,
+        dynamic_ncols=interactive,
+        ascii=not interactive,
+    )
 
 
-def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int,
-                device: torch.device, seed: int) -> torch.utils.data.DataLoader:  # fmt: skip
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    seed: int,
+) -> torch.utils.data.DataLoader:
     """A shuffling loader with its own seeded generator (reseeded per epoch by :func:`fit`)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
-        num_workers=num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=False, generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(dataset) > batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )

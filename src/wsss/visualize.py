@@ -35,8 +35,12 @@ def cam_overlay(image: np.ndarray, maps: np.ndarray, weight: float = 0.55) -> np
     return (image * (1 - weight) + heat(peak) * weight).astype(np.uint8)
 
 
-def panel(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], gap: int = 4,
-          title_height: int = 16) -> Image.Image:  # fmt: skip
+def panel(
+    rows: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[str],
+    gap: int = 4,
+    title_height: int = 16,
+) -> Image.Image:
     """Rows of RGB images [H, W, 3] (equal size within a row) under column ``titles``."""
     width = max(sum(im.shape[1] for im in row) + gap * (len(row) - 1) for row in rows)
     height = title_height + sum(max(im.shape[0] for im in row) + gap for row in rows)

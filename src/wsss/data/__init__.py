@@ -10,8 +10,9 @@ from wsss.data.manifest import DatasetError, Manifest
 KINDS = ("demo", "voc", "msrc", "coco", "folder")
 
 
-def build_manifest(kind: str, root: str | os.PathLike[str], work_dir: str | os.PathLike[str],
-                   **options: object) -> Manifest:  # fmt: skip
+def build_manifest(
+    kind: str, root: str | os.PathLike[str], work_dir: str | os.PathLike[str], **options: object
+) -> Manifest:
     """The manifest of a dataset of ``kind`` at ``root``.
 
     ``work_dir`` receives files the loader derives (COCO's semantic masks). ``options`` are

@@ -77,8 +77,7 @@ def _categories(data: dict[str, Any], path: Path) -> tuple[dict[int, int], tuple
     """Category id -> contiguous class index, and the class names in that order."""
     categories = _get(data, "categories", path, "the file")
     pairs = sorted(
-        (_get(c, "id", path, "a category"), _get(c, "name", path, "a category"))
-        for c in categories
+        (_get(c, "id", path, "a category"), _get(c, "name", path, "a category")) for c in categories
     )
     return {cat_id: index for index, (cat_id, _) in enumerate(pairs)}, tuple(n for _, n in pairs)
 

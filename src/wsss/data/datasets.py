@@ -47,8 +47,9 @@ class Augment:
         scale = rng.uniform(*self.scale_range)
         height, width = image.shape[-2:]
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        image = F.interpolate(image[None], size, mode="bilinear", align_corners=False,
-                              antialias=scale < 1)[0]  # fmt: skip
+        image = F.interpolate(
+            image[None], size, mode="bilinear", align_corners=False, antialias=scale < 1
+        )[0]
         if mask is not None:
             mask = F.interpolate(mask[None, None].float(), size, mode="nearest")[0, 0].long()
         if self.flip and rng.random() < 0.5:
@@ -126,8 +127,9 @@ class ImageMasks(EpochSeeded):
     ``masks`` maps record id -> label-map PNG path (ground truth or pseudo-masks).
     """
 
-    def __init__(self, records: Sequence[Record], masks: dict[str, str], augment: Augment,
-                 seed: int):  # fmt: skip
+    def __init__(
+        self, records: Sequence[Record], masks: dict[str, str], augment: Augment, seed: int
+    ):
         super().__init__(seed)
         self.records = list(records)
         self.masks = masks

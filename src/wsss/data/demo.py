@@ -288,9 +288,7 @@ def _muted_colour(rng: np.random.Generator) -> np.ndarray:
     return _hsv(rng.random(), rng.uniform(0.03, 0.28), rng.uniform(0.3, 0.85))
 
 
-def _background(
-    rng: np.random.Generator, size: int, xx: np.ndarray, yy: np.ndarray
-) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     """Muted smooth noise or gradient, fine grain and sometimes a faint grid, [S, S, 3]."""
     first, second = _muted_colour(rng), _muted_colour(rng)
     if rng.random() < 0.5:
@@ -352,5 +350,3 @@ def _photometric(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarray:
     gain = rng.uniform(0.9, 1.1, size=3)
     noisy = blurred * gain + rng.uniform(-0.04, 0.04) + rng.normal(0, 0.015, canvas.shape)
     return np.round(np.clip(noisy, 0, 1) * 255).astype(np.uint8)
-
-

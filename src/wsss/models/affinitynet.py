@@ -63,13 +63,19 @@ def pair_labels(labels: Tensor, offsets: list[tuple[int, int]]) -> tuple[Tensor,
     batch, height, width = labels.shape
     pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     padded = F.pad(labels, (pad, pad, pad, pad), value=IGNORE)
-    l_j = torch.stack([padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width]
-                       for dy, dx in offsets], 1)  # fmt: skip
+    l_j = torch.stack(
+        [
+            padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+            for dy, dx in offsets
+        ],
+        1,
+    )
     return labels[:, None].expand_as(l_j), l_j
 
 
-def affinity_loss(features: Tensor, labels: Tensor, radius: int,
-                  has_background: bool) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
+def affinity_loss(
+    features: Tensor, labels: Tensor, radius: int, has_background: bool
+) -> tuple[Tensor, dict[str, float]]:
     """The balanced loss of eq. 10 over pairs at distance 0 < d < ``radius``.
 
     features [B, D, h, w]; labels int64 [B, h, w] on the same grid (255 = neutral). Pairs
@@ -106,16 +112,24 @@ def affinity_loss(features: Tensor, labels: Tensor, radius: int,
 
 def affinity_checkpoint(model: AffinityNet, backbone: str, output_stride: int) -> dict:
     """The final AffinityNet file: architecture + weights (weights_only-safe)."""
-    return {"kind": "affinity", "backbone": backbone, "output_stride": output_stride,
-            "widths": model.widths, "state_dict": model.state_dict()}  # fmt: skip
+    return {
+        "kind": "affinity",
+        "backbone": backbone,
+        "output_stride": output_stride,
+        "widths": model.widths,
+        "state_dict": model.state_dict(),
+    }
 
 
-def load_affinity_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> AffinityNet:
+def load_affinity_model(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> AffinityNet:
     """Rebuild an :class:`AffinityNet` from a file written by the train-aff stage."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "affinity":
         raise ValueError(f"{path}: not an AffinityNet model file")
-    model = AffinityNet(build_backbone(ckpt["backbone"], ckpt["output_stride"], weights=None),
-                        ckpt["widths"])  # fmt: skip
+    model = AffinityNet(
+        build_backbone(ckpt["backbone"], ckpt["output_stride"], weights=None), ckpt["widths"]
+    )
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()

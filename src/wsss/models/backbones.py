@@ -103,8 +103,15 @@ class MBConv(nn.Module):
 
 
 # (repeats, kernel, stride, expand, out channels) of the seven Lite0 stages.
-_LITE0_STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)]  # fmt: skip
+_LITE0_STAGES = [
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+]
 # Index of the last block of each returned level (levels at strides 2, 4, 8, 16, 32).
 _LITE0_LEVEL_ENDS = [0, 2, 4, 10, 15]
 
@@ -135,8 +142,14 @@ class EfficientNetLite0(Backbone):
                 stride, dilation = 1, dilation * 2
             for i in range(repeats):
                 blocks.append(
-                    MBConv(cin, cout, kernel, stride if i == 0 else 1, expand,
-                           first_dilation if i == 0 else dilation)  # fmt: skip
+                    MBConv(
+                        cin,
+                        cout,
+                        kernel,
+                        stride if i == 0 else 1,
+                        expand,
+                        first_dilation if i == 0 else dilation,
+                    )
                 )
                 cin = cout
         self._blocks = nn.ModuleList(blocks)
@@ -207,7 +220,11 @@ class TorchvisionResNet(Backbone):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)
         self.pool = net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
-            net.layer1, net.layer2, net.layer3, net.layer4)  # fmt: skip
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
         self.channels = [64, 256, 512, 1024, 2048]
         self.output_stride = output_stride
         self.norm = IMAGENET_NORM

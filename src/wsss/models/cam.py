@@ -50,8 +50,9 @@ class CAMNet(nn.Module):
         return torch.relu(self.classifier(self.features(images)))
 
 
-def cam_checkpoint(model: CAMNet, backbone: str, output_stride: int, head_channels: int,
-                   classes: list[str]) -> dict:  # fmt: skip
+def cam_checkpoint(
+    model: CAMNet, backbone: str, output_stride: int, head_channels: int, classes: list[str]
+) -> dict:
     """The final CAM model file: architecture description + weights (weights_only-safe)."""
     return {
         "kind": "cam",

@@ -42,8 +42,14 @@ class ResBlock(nn.Module):
         super().__init__()
         self.bn_branch2a = nn.BatchNorm2d(in_channels)
         self.conv_branch2a = nn.Conv2d(
-            in_channels, mid_channels, 3, stride,
-            padding=first_dilation, dilation=first_dilation, bias=False)  # fmt: skip
+            in_channels,
+            mid_channels,
+            3,
+            stride,
+            padding=first_dilation,
+            dilation=first_dilation,
+            bias=False,
+        )
         self.bn_branch2b1 = nn.BatchNorm2d(mid_channels)
         self.conv_branch2b1 = nn.Conv2d(
             mid_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False
@@ -92,8 +98,25 @@ class BottleneckBlock(nn.Module):
 
 
 # Blocks in order; the activated input of each block in _LEVEL_TAPS is a returned level.
-_BLOCKS = ("b2", "b2_1", "b2_2", "b3", "b3_1", "b3_2", "b4", "b4_1", "b4_2", "b4_3",
-           "b4_4", "b4_5", "b5", "b5_1", "b5_2", "b6", "b7")  # fmt: skip
+_BLOCKS = (
+    "b2",
+    "b2_1",
+    "b2_2",
+    "b3",
+    "b3_1",
+    "b3_2",
+    "b4",
+    "b4_1",
+    "b4_2",
+    "b4_3",
+    "b4_4",
+    "b4_5",
+    "b5",
+    "b5_1",
+    "b5_2",
+    "b6",
+    "b7",
+)
 _LEVEL_TAPS = ("b3", "b4", "b5", "b6")
 
 
@@ -175,9 +198,10 @@ def load_resnet38d_weights(model: ResNet38d, path: str | os.PathLike[str]) -> No
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
     wrong = [
-        k for k in own
+        k
+        for k in own
         if k in state and (not isinstance(state[k], Tensor) or state[k].shape != own[k].shape)
-    ]  # fmt: skip
+    ]
     if missing or wrong:
         raise ValueError(
             f"{path}: weights do not fit ResNet38d; {len(missing)} missing {missing[:5]}, "

@@ -49,8 +49,13 @@ class AffinityLabelParams(CRFParams):
     confidence: float = 0.7
 
 
-def confident_regions(image: np.ndarray, maps: np.ndarray, classes: np.ndarray,
-                      has_background: bool, params: AffinityLabelParams) -> np.ndarray:  # fmt: skip
+def confident_regions(
+    image: np.ndarray,
+    maps: np.ndarray,
+    classes: np.ndarray,
+    has_background: bool,
+    params: AffinityLabelParams,
+) -> np.ndarray:
     """Affinity label map uint8 [H, W] from CAMs ``maps`` [K, H, W] of ``classes`` [K]."""
     height, width = image.shape[:2]
     classes = np.asarray(classes, dtype=np.int64)
@@ -78,18 +83,24 @@ def confident_regions(image: np.ndarray, maps: np.ndarray, classes: np.ndarray,
     return labels
 
 
-def run(manifest_path: str | os.PathLike[str], cams: list[str | os.PathLike[str]],
-        out_dir: str | os.PathLike[str], shard: int, num_shards: int,
-        params: AffinityLabelParams) -> None:  # fmt: skip
+def run(
+    manifest_path: str | os.PathLike[str],
+    cams: list[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    shard: int,
+    num_shards: int,
+    params: AffinityLabelParams,
+) -> None:
     """Write ``out_dir/<id>.png`` for every image of one shard (the directory atomically)."""
     manifest = Manifest.load(manifest_path)
     records = shard_records(manifest.split(params.split), shard, num_shards)
     with MapsReader(cams) as reader, atomic_dir(out_dir) as tmp:
         reader.check_covers([r.id for r in records])
-        for rec in progress(records, f"affinity labels shard {shard}", "img"):  # fmt: skip
+        for rec in progress(records, f"affinity labels shard {shard}", "img"):
             item = reader[rec.id]
-            labels = confident_regions(read_image(rec.image), item.maps, item.classes,
-                                       manifest.has_background, params)  # fmt: skip
+            labels = confident_regions(
+                read_image(rec.image), item.maps, item.classes, manifest.has_background, params
+            )
             path = Path(tmp) / f"{rec.id}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             label_image(labels).save(path)

@@ -31,8 +31,13 @@ def find_labels(dirs: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
     return found
 
 
-def run(manifest_path: str | os.PathLike[str], label_dirs: Sequence[str | os.PathLike[str]],
-        out: str | os.PathLike[str], stage: str, split: str) -> dict:  # fmt: skip
+def run(
+    manifest_path: str | os.PathLike[str],
+    label_dirs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    stage: str,
+    split: str,
+) -> dict:
     """Score ``<id>.png`` of every image of ``split`` with a mask; write JSON to ``out``."""
     manifest = Manifest.load(manifest_path)
     records = [r for r in manifest.split(split) if r.mask]
@@ -41,8 +46,10 @@ def run(manifest_path: str | os.PathLike[str], label_dirs: Sequence[str | os.Pat
     labels = find_labels(label_dirs)
     missing = [r.id for r in records if r.id not in labels]
     if missing:
-        raise DatasetError(f"{len(missing)} images of '{split}' have no label map in "
-                           f"{', '.join(map(str, label_dirs))}: {missing[:5]}")  # fmt: skip
+        raise DatasetError(
+            f"{len(missing)} images of '{split}' have no label map in "
+            f"{', '.join(map(str, label_dirs))}: {missing[:5]}"
+        )
     n = manifest.num_labels
     conf = np.zeros((n, n), np.int64)
     valid_pixels = 0
@@ -56,11 +63,22 @@ def run(manifest_path: str | os.PathLike[str], label_dirs: Sequence[str | os.Pat
         valid_pixels += int((gt != IGNORE).sum())
         gt = np.where(pred == IGNORE, IGNORE, gt)
         conf += confusion(np.where(pred == IGNORE, 0, pred), gt, n)
-    result = {"stage": stage, "split": split, "num_images": len(records),
-              **scores(conf, manifest.label_names),
-              "coverage": round(100 * int(conf.sum()) / max(valid_pixels, 1), 2),
-              "confusion": conf.tolist(), "labels": manifest.label_names}  # fmt: skip
+    result = {
+        "stage": stage,
+        "split": split,
+        "num_images": len(records),
+        **scores(conf, manifest.label_names),
+        "coverage": round(100 * int(conf.sum()) / max(valid_pixels, 1), 2),
+        "confusion": conf.tolist(),
+        "labels": manifest.label_names,
+    }
     write_json(out, result)
-    log.info("%s mIoU %.2f (coverage %.1f%%) on %d images of '%s'", stage, result["miou"],
-             result["coverage"], len(records), split)  # fmt: skip
+    log.info(
+        "%s mIoU %.2f (coverage %.1f%%) on %d images of '%s'",
+        stage,
+        result["miou"],
+        result["coverage"],
+        len(records),
+        split,
+    )
     return result

@@ -2,9 +2,10 @@
 
 With a background class the maps are decoded with every background value of a sweep
 (alpha of ``(1 - max M) ** alpha``, or a flat threshold; for refined maps, the background
-maps stored per alpha); the best value and the whole curve are kept. Without one, each pixel takes the argmax over the image's present classes.
-Also scored: the trivial floor, where every pixel gets background (with a background
-class) or the image's present class that covers most pixels in the split (without).
+maps stored per alpha); the best value and the whole curve are kept. Without one, each
+pixel takes the argmax over the image's present classes. Also scored: the trivial floor,
+where every pixel gets background (with a background class) or the image's present class
+that covers most pixels in the split (without).
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ class EvalMapsParams:
     bg_values: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0)
 
 
-def run(manifest_path: str | os.PathLike[str], maps_paths: Sequence[str | os.PathLike[str]],
-        out: str | os.PathLike[str], stage: str, params: EvalMapsParams) -> dict:  # fmt: skip
+def run(
+    manifest_path: str | os.PathLike[str],
+    maps_paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    stage: str,
+    params: EvalMapsParams,
+) -> dict:
     """Score the maps of every image of the split that has a mask; write JSON to ``out``."""
     if params.bg_mode not in ("alpha", "threshold"):
         raise ValueError(f"bg_mode must be 'alpha' or 'threshold', not '{params.bg_mode}'")
@@ -66,8 +72,11 @@ def run(manifest_path: str | os.PathLike[str], maps_paths: Sequence[str | os.Pat
                 confs[v] += confusion(pred, gt, n)
             floor += confusion(_floor_labels(rec, gt.shape, manifest, prior), gt, n)
 
-    curve = [{mode: v, "miou": scores(c, manifest.label_names)["miou"]}
-             for v, c in confs.items() if v is not None]  # fmt: skip
+    curve = [
+        {mode: v, "miou": scores(c, manifest.label_names)["miou"]}
+        for v, c in confs.items()
+        if v is not None
+    ]
     best = max(values, key=lambda v: scores(confs[v], manifest.label_names)["miou"])
     result = {
         "stage": stage,
@@ -78,12 +87,21 @@ def run(manifest_path: str | os.PathLike[str], maps_paths: Sequence[str | os.Pat
         "curve": curve,
         "confusion": confs[best].tolist(),
         "labels": manifest.label_names,
-        "floor": {k: v for k, v in scores(floor, manifest.label_names).items()
-                  if k in ("miou", "per_class")},  # fmt: skip
+        "floor": {
+            k: v
+            for k, v in scores(floor, manifest.label_names).items()
+            if k in ("miou", "per_class")
+        },
     }
     write_json(out, result)
-    log.info("%s mIoU %.2f (floor %.2f) on %d images of '%s'", stage, result["miou"],
-             result["floor"]["miou"], len(records), params.split)  # fmt: skip
+    log.info(
+        "%s mIoU %.2f (floor %.2f) on %d images of '%s'",
+        stage,
+        result["miou"],
+        result["floor"]["miou"],
+        len(records),
+        params.split,
+    )
     return result
 
 
@@ -98,8 +116,9 @@ def _class_pixels(records: Sequence[Record], manifest: Manifest) -> np.ndarray:
     return counts
 
 
-def _floor_labels(rec: Record, shape: tuple[int, ...], manifest: Manifest,
-                  prior: np.ndarray | None) -> np.ndarray:  # fmt: skip
+def _floor_labels(
+    rec: Record, shape: tuple[int, ...], manifest: Manifest, prior: np.ndarray | None
+) -> np.ndarray:
     if prior is None or not rec.labels:
         return np.zeros(shape, np.uint8)
     top = max(rec.labels, key=lambda c: prior[c + manifest.offset])

@@ -40,8 +40,14 @@ def shard_records(records: Sequence[Record], shard: int, num_shards: int) -> lis
 
 
 @torch.no_grad()
-def multiscale_cams(model: CAMNet, image: Tensor, classes: Sequence[int],
-                    scales: Sequence[float], flip: bool, amp: bool = False) -> Tensor:  # fmt: skip
+def multiscale_cams(
+    model: CAMNet,
+    image: Tensor,
+    classes: Sequence[int],
+    scales: Sequence[float],
+    flip: bool,
+    amp: bool = False,
+) -> Tensor:
     """CAMs [K, H, W] in [0, 1] of ``classes`` for one image [3, H, W] in [0, 255].
 
     For each scale (and its horizontal flip) the maps ReLU(w_c^T f) are upsampled to the
@@ -68,20 +74,32 @@ def multiscale_cams(model: CAMNet, image: Tensor, classes: Sequence[int],
     return total / (peak + 1e-5)
 
 
-def run(manifest_path: str | os.PathLike[str], model_path: str | os.PathLike[str],
-        out: str | os.PathLike[str], shard: int, num_shards: int, params: InferCamParams) -> None:  # fmt: skip
+def run(
+    manifest_path: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    shard: int,
+    num_shards: int,
+    params: InferCamParams,
+) -> None:
     """Write the CAMs of the present classes of every image of one shard to ``out``."""
     manifest = Manifest.load(manifest_path)
     records = shard_records(manifest.split(params.split), shard, num_shards)
     device = pick_device(params.device)
     model = load_cam_model(model_path, device)
-    log.info("CAMs of %d images (shard %d/%d) on %s (%d threads)", len(records), shard,
-             num_shards, device, torch.get_num_threads())  # fmt: skip
-    with MapsWriter(out, "cam", manifest.label_names, manifest.has_background, shard,
-                    num_shards) as writer:  # fmt: skip
-        for rec in progress(records, f"infer-cam shard {shard}", "img"):  # fmt: skip
+    log.info(
+        "CAMs of %d images (shard %d/%d) on %s (%d threads)",
+        len(records),
+        shard,
+        num_shards,
+        device,
+        torch.get_num_threads(),
+    )
+    with MapsWriter(
+        out, "cam", manifest.label_names, manifest.has_background, shard, num_shards
+    ) as writer:
+        for rec in progress(records, f"infer-cam shard {shard}", "img"):
             image = to_tensor(read_image(rec.image))
-            cams = multiscale_cams(model, image, rec.labels, params.scales, params.flip,
-                                   params.amp)  # fmt: skip
+            cams = multiscale_cams(model, image, rec.labels, params.scales, params.flip, params.amp)
             writer.add(rec.id, cams.cpu().numpy().astype(np.float32), rec.labels)
     log.info("wrote %s", out)

@@ -12,8 +12,14 @@ from wsss.data.manifest import validate
 log = logging.getLogger(__name__)
 
 
-def run(kind: str, root: str | os.PathLike[str], out: str | os.PathLike[str],
-        splits: Sequence[str], options: dict, check_pixels: bool = True) -> None:  # fmt: skip
+def run(
+    kind: str,
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    splits: Sequence[str],
+    options: dict,
+    check_pixels: bool = True,
+) -> None:
     """Write the manifest of ``splits`` of the dataset at ``root`` to ``out``.
 
     Stops with a :class:`~wsss.data.manifest.DatasetError` naming the file at the first
@@ -27,5 +33,9 @@ def run(kind: str, root: str | os.PathLike[str], out: str | os.PathLike[str],
     manifest.save(out)
     for split in wanted:
         log.info("split %s: %d images", split, len(manifest.splits[split]))
-    log.info("%d classes%s; wrote %s", len(manifest.classes),
-             " + background" if manifest.has_background else "", out)  # fmt: skip
+    log.info(
+        "%d classes%s; wrote %s",
+        len(manifest.classes),
+        " + background" if manifest.has_background else "",
+        out,
+    )

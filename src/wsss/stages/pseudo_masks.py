@@ -31,8 +31,13 @@ class PseudoMaskParams(CRFParams):
     crf: bool = True
 
 
-def pseudo_mask(image: np.ndarray, item: ImageMaps, has_background: bool, alpha_index: int | None,
-                params: PseudoMaskParams) -> np.ndarray:  # fmt: skip
+def pseudo_mask(
+    image: np.ndarray,
+    item: ImageMaps,
+    has_background: bool,
+    alpha_index: int | None,
+    params: PseudoMaskParams,
+) -> np.ndarray:
     """Label map uint8 [H, W] from the refined maps of one image."""
     full = item.at_image_size()
     classes = np.asarray(full.classes, dtype=np.int64)
@@ -48,9 +53,14 @@ def pseudo_mask(image: np.ndarray, item: ImageMaps, has_background: bool, alpha_
     return values[np.argmax(scores, 0)].astype(np.uint8)
 
 
-def run(manifest_path: str | os.PathLike[str], maps: Sequence[str | os.PathLike[str]],
-        out_dir: str | os.PathLike[str], shard: int, num_shards: int,
-        params: PseudoMaskParams) -> None:  # fmt: skip
+def run(
+    manifest_path: str | os.PathLike[str],
+    maps: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    shard: int,
+    num_shards: int,
+    params: PseudoMaskParams,
+) -> None:
     """Write ``out_dir/<id>.png`` for every image of one shard (the directory atomically)."""
     manifest = Manifest.load(manifest_path)
     records = shard_records(manifest.split(params.split), shard, num_shards)
@@ -59,12 +69,15 @@ def run(manifest_path: str | os.PathLike[str], maps: Sequence[str | os.PathLike[
         alpha_index = None
         if manifest.has_background:
             if params.alpha not in reader.alphas:
-                raise StoreError(f"alpha {params.alpha:g} is not among the walked alphas "
-                                 f"{reader.alphas} of {maps[0]}")  # fmt: skip
+                raise StoreError(
+                    f"alpha {params.alpha:g} is not among the walked alphas "
+                    f"{reader.alphas} of {maps[0]}"
+                )
             alpha_index = reader.alphas.index(params.alpha)
         for rec in progress(records, f"pseudo-masks shard {shard}", "img"):
-            labels = pseudo_mask(read_image(rec.image), reader[rec.id], manifest.has_background,
-                                 alpha_index, params)  # fmt: skip
+            labels = pseudo_mask(
+                read_image(rec.image), reader[rec.id], manifest.has_background, alpha_index, params
+            )
             path = Path(tmp) / f"{rec.id}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             label_image(labels).save(path)

@@ -70,8 +70,13 @@ def affinity_features(model: AffinityNet, image: Tensor, amp: bool = False) -> T
     return features[:, :gh, :gw]
 
 
-def refine(model: AffinityNet, image: Tensor, maps: np.ndarray, has_background: bool,
-           params: RandomWalkParams) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+def refine(
+    model: AffinityNet,
+    image: Tensor,
+    maps: np.ndarray,
+    has_background: bool,
+    params: RandomWalkParams,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Refined foreground maps [K, gh, gw] and background maps [A, gh, gw] (or None)."""
     features = affinity_features(model, image, params.amp)
     grid = tuple(features.shape[-2:])
@@ -89,24 +94,47 @@ def refine(model: AffinityNet, image: Tensor, maps: np.ndarray, has_background: 
     return walked[len(alphas) :], (walked[: len(alphas)] if alphas else None)
 
 
-def run(manifest_path: str | os.PathLike[str], cams: Sequence[str | os.PathLike[str]],
-        model_path: str | os.PathLike[str], out: str | os.PathLike[str], shard: int,
-        num_shards: int, params: RandomWalkParams) -> None:  # fmt: skip
+def run(
+    manifest_path: str | os.PathLike[str],
+    cams: Sequence[str | os.PathLike[str]],
+    model_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    shard: int,
+    num_shards: int,
+    params: RandomWalkParams,
+) -> None:
     """Write the refined maps of every image of one shard to ``out``."""
     manifest = Manifest.load(manifest_path)
     records = shard_records(manifest.split(params.split), shard, num_shards)
     device = pick_device(params.device)
     model = load_affinity_model(model_path, device)
     alphas = params.alphas if manifest.has_background else ()
-    log.info("random walk on %d images (shard %d/%d) on %s (%d threads)", len(records), shard,
-             num_shards, device, torch.get_num_threads())  # fmt: skip
-    with MapsReader(cams) as reader, MapsWriter(out, "rw", manifest.label_names,
-                                                  manifest.has_background, shard, num_shards,
-                                                  stride=GRID, alphas=alphas) as writer:  # fmt: skip
+    log.info(
+        "random walk on %d images (shard %d/%d) on %s (%d threads)",
+        len(records),
+        shard,
+        num_shards,
+        device,
+        torch.get_num_threads(),
+    )
+    with (
+        MapsReader(cams) as reader,
+        MapsWriter(
+            out,
+            "rw",
+            manifest.label_names,
+            manifest.has_background,
+            shard,
+            num_shards,
+            stride=GRID,
+            alphas=alphas,
+        ) as writer,
+    ):
         reader.check_covers([r.id for r in records])
         for rec in progress(records, f"random walk shard {shard}", "img"):
             item = reader[rec.id]
-            fg, bg = refine(model, to_tensor(read_image(rec.image)), item.maps,
-                            manifest.has_background, params)  # fmt: skip
+            fg, bg = refine(
+                model, to_tensor(read_image(rec.image)), item.maps, manifest.has_background, params
+            )
             writer.add(rec.id, fg, item.classes, background=bg, size=item.size)
     log.info("wrote %s", out)

@@ -36,9 +36,13 @@ class TrainAffParams(TrainParams):
     radius: int = 5
 
 
-def run(manifest_path: str | os.PathLike[str], label_dirs: Sequence[str | os.PathLike[str]],
-        out: str | os.PathLike[str], state_dir: str | os.PathLike[str],
-        params: TrainAffParams) -> None:  # fmt: skip
+def run(
+    manifest_path: str | os.PathLike[str],
+    label_dirs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    state_dir: str | os.PathLike[str],
+    params: TrainAffParams,
+) -> None:
     """Train on the images of ``params.split`` with the affinity labels in ``label_dirs``."""
     if params.crop_size % GRID:
         raise ValueError(f"crop_size must be a multiple of {GRID}, not {params.crop_size}")
@@ -58,15 +62,28 @@ def run(manifest_path: str | os.PathLike[str], label_dirs: Sequence[str | os.Pat
     def loss_fn(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         features = model(images)
         grid = masks[:, GRID // 2 :: GRID, GRID // 2 :: GRID]  # label at each cell's centre
-        loss, _ = affinity_loss(features, grid[:, : features.shape[2], : features.shape[3]],
-                                params.radius, manifest.has_background)  # fmt: skip
+        loss, _ = affinity_loss(
+            features,
+            grid[:, : features.shape[2], : features.shape[3]],
+            params.radius,
+            manifest.has_background,
+        )
         return loss
 
     label_files = [Path(labels[r.id]) for r in records]  # their contents, not only names
     checkpoints = EpochCheckpoints(
         state_dir, fingerprint(asdict(params), Path(manifest_path), *label_files)
     )
-    train(model, model.backbone, model.new_modules(), dataset, loss_fn, params, checkpoints,
-          device, "train-aff")  # fmt: skip
+    train(
+        model,
+        model.backbone,
+        model.new_modules(),
+        dataset,
+        loss_fn,
+        params,
+        checkpoints,
+        device,
+        "train-aff",
+    )
     save_torch(out, affinity_checkpoint(model.cpu(), params.backbone, params.output_stride))
     log.info("wrote %s", out)

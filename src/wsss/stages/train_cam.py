@@ -27,8 +27,12 @@ class TrainCamParams(TrainParams):
     head_channels: int = 512
 
 
-def run(manifest_path: str | os.PathLike[str], out: str | os.PathLike[str],
-        state_dir: str | os.PathLike[str], params: TrainCamParams) -> None:  # fmt: skip
+def run(
+    manifest_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    state_dir: str | os.PathLike[str],
+    params: TrainCamParams,
+) -> None:
     """Train on split ``params.split`` of the manifest; write the model to ``out``.
 
     The training state after each epoch goes to ``state_dir``; a rerun with the same
@@ -49,8 +53,25 @@ def run(manifest_path: str | os.PathLike[str], out: str | os.PathLike[str],
         return F.multilabel_soft_margin_loss(model(images).float(), targets)
 
     checkpoints = EpochCheckpoints(state_dir, fingerprint(asdict(params), Path(manifest_path)))
-    train(model, model.backbone, model.new_modules(), dataset, loss_fn, params, checkpoints,
-          device, "train-cam")  # fmt: skip
-    save_torch(out, cam_checkpoint(model.cpu(), params.backbone, params.output_stride,
-                                   params.head_channels, list(manifest.classes)))  # fmt: skip
+    train(
+        model,
+        model.backbone,
+        model.new_modules(),
+        dataset,
+        loss_fn,
+        params,
+        checkpoints,
+        device,
+        "train-cam",
+    )
+    save_torch(
+        out,
+        cam_checkpoint(
+            model.cpu(),
+            params.backbone,
+            params.output_stride,
+            params.head_channels,
+            list(manifest.classes),
+        ),
+    )
     log.info("wrote %s", out)

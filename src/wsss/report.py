@@ -1,0 +1,75 @@
+"""Figures of a run for the HTML report: the per-stage mIoU table, per-class IoU bars."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+from wsss.atomic import atomic_path
+from wsss.summary import STAGES
+
+
+def _load(metrics_dir: Path) -> dict[str, dict]:
+    return {
+        stem: json.loads((metrics_dir / f"{stem}.json").read_text())
+        for stem in STAGES
+        if (metrics_dir / f"{stem}.json").exists()
+    }
+
+
+def stage_table(metrics_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """An HTML table: one row per stage (mIoU, images, split, best background, floor), and
+    the weak / full supervision ratio when both segmentation runs exist."""
+    found = _load(Path(metrics_dir))
+    rows = []
+    for stem, m in found.items():
+        best = ", ".join(f"{k} {v:g}" for k, v in m.get("best", {}).items())
+        floor = f"{m['floor']['miou']:.2f}" if "floor" in m else ""
+        rows.append(
+            f"<tr><td>{html.escape(STAGES[stem])}</td><td>{m['miou']:.2f}</td>"
+            f"<td>{m['num_images']}</td><td>{html.escape(best)}</td><td>{floor}</td></tr>"
+        )
+    if "seg" in found and "seg_full" in found:
+        ratio = found["seg"]["miou"] / max(found["seg_full"]["miou"], 1e-9)
+        rows.append(
+            f"<tr><td>weak / full supervision</td><td>{ratio:.2f}</td><td colspan=3></td></tr>"
+        )
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><style>"
+        "body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}</style></head><body>"
+        "<table><tr><th>stage</th><th>mIoU (%)</th><th>images</th><th>best background</th>"
+        "<th>trivial floor</th></tr>" + "".join(rows) + "</table></body></html>"
+    )
+    with atomic_path(out) as tmp:
+        tmp.write_text(page)
+
+
+def per_class_plot(metrics_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Grouped bars of each class's IoU at every stage (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    found = _load(Path(metrics_dir))
+    names = list(next(iter(found.values()))["per_class"])
+    width = 0.8 / len(found)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) * max(1, len(found) / 2)), 3.6))
+    x = np.arange(len(names))
+    for i, (stem, m) in enumerate(found.items()):
+        values = [m["per_class"].get(n) or 0.0 for n in names]
+        ax.bar(x + (i - (len(found) - 1) / 2) * width, values, width, label=STAGES[stem])
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

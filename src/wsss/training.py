@@ -52,8 +52,6 @@ class TrainParams:
 
 def train(
     model: nn.Module,
-    pretrained: nn.Module,
-    new: list[nn.Module],
     dataset: Dataset,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     params: TrainParams,
@@ -61,12 +59,15 @@ def train(
     device: torch.device,
     name: str,
 ) -> None:
-    """Train ``model`` (already on ``device``) with SGD: ``pretrained`` at the backbone's
-    learning rates, ``new`` at the new layers'; batch norm of ``pretrained`` frozen when
-    ``params.freeze_bn``; see :func:`fit` for the loop."""
+    """Train ``model`` (already on ``device``) with SGD: its ``backbone`` at the pretrained
+    learning rates, its ``new_modules()`` at the new layers'; the backbone's batch norm
+    frozen when ``params.freeze_bn``; see :func:`fit` for the loop."""
+    pretrained = model.backbone
     if params.freeze_bn:
         freeze_batchnorm(pretrained)
-    groups = param_groups([pretrained], new, params.weight_decay, params.lr_multipliers)
+    groups = param_groups(
+        [pretrained], model.new_modules(), params.weight_decay, params.lr_multipliers
+    )
     optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum)
     loader = make_loader(dataset, params.batch_size, params.num_workers, device, params.seed)
     log.info(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -19,6 +22,13 @@ def voc_palette() -> list[int]:
         palette[index] = (r, g, b)
     palette[255] = (255, 255, 255)
     return palette.flatten().tolist()
+
+
+def write_label_png(directory: str | os.PathLike[str], image_id: str, labels: np.ndarray) -> None:
+    """Save a label map as ``directory/<image_id>.png`` (ids may contain '/')."""
+    path = Path(directory) / f"{image_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    label_image(labels).save(path)
 
 
 def label_image(labels: np.ndarray) -> Image.Image:

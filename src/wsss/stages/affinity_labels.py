@@ -23,14 +23,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from wsss.atomic import atomic_dir
 from wsss.crf import CRFParams, dense_crf
 from wsss.data.manifest import IGNORE, Manifest, read_image
-from wsss.data.palette import label_image
+from wsss.data.palette import write_label_png
 from wsss.metrics import background_score
 from wsss.stages.infer_cam import shard_records
 from wsss.store import MapsReader
@@ -101,7 +100,5 @@ def run(
             labels = confident_regions(
                 read_image(rec.image), item.maps, item.classes, manifest.has_background, params
             )
-            path = Path(tmp) / f"{rec.id}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            label_image(labels).save(path)
+            write_label_png(tmp, rec.id, labels)
     log.info("wrote %d affinity label maps to %s", len(records), out_dir)

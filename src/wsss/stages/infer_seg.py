@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from wsss.atomic import atomic_dir
 from wsss.crf import CRFParams, dense_crf
 from wsss.data.datasets import PAD_RGB, to_tensor
 from wsss.data.manifest import Manifest, read_image
-from wsss.data.palette import label_image
+from wsss.data.palette import write_label_png
 from wsss.models.deeplab import SegNet, load_seg_model
 from wsss.stages.infer_cam import shard_records
 from wsss.training import autocast, pick_device, progress
@@ -107,7 +106,5 @@ def run(
                 model, [to_tensor(im) for im in images], params.scales, params.flip, params.amp
             )
             for rec, image, p in zip(batch, images, probs):
-                path = Path(tmp) / f"{rec.id}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                label_image(labels_from_probs(image, p, params)).save(path)
+                write_label_png(tmp, rec.id, labels_from_probs(image, p, params))
     log.info("wrote %d label maps to %s", len(records), out_dir)

@@ -7,14 +7,13 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from wsss.atomic import atomic_dir
 from wsss.crf import CRFParams, dense_crf
 from wsss.data.manifest import Manifest, read_image
-from wsss.data.palette import label_image
+from wsss.data.palette import write_label_png
 from wsss.stages.infer_cam import shard_records
 from wsss.store import ImageMaps, MapsReader, StoreError
 from wsss.training import progress
@@ -78,7 +77,5 @@ def run(
             labels = pseudo_mask(
                 read_image(rec.image), reader[rec.id], manifest.has_background, alpha_index, params
             )
-            path = Path(tmp) / f"{rec.id}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            label_image(labels).save(path)
+            write_label_png(tmp, rec.id, labels)
     log.info("wrote %d pseudo-masks to %s", len(records), out_dir)

@@ -74,16 +74,6 @@ def run(
     checkpoints = EpochCheckpoints(
         state_dir, fingerprint(asdict(params), Path(manifest_path), *label_files)
     )
-    train(
-        model,
-        model.backbone,
-        model.new_modules(),
-        dataset,
-        loss_fn,
-        params,
-        checkpoints,
-        device,
-        "train-aff",
-    )
+    train(model, dataset, loss_fn, params, checkpoints, device, "train-aff")
     save_torch(out, affinity_checkpoint(model.cpu(), params.backbone, params.output_stride))
     log.info("wrote %s", out)

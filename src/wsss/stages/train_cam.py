@@ -53,17 +53,7 @@ def run(
         return F.multilabel_soft_margin_loss(model(images).float(), targets)
 
     checkpoints = EpochCheckpoints(state_dir, fingerprint(asdict(params), Path(manifest_path)))
-    train(
-        model,
-        model.backbone,
-        model.new_modules(),
-        dataset,
-        loss_fn,
-        params,
-        checkpoints,
-        device,
-        "train-cam",
-    )
+    train(model, dataset, loss_fn, params, checkpoints, device, "train-cam")
     save_torch(
         out,
         cam_checkpoint(

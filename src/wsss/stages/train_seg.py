@@ -75,17 +75,7 @@ def run(
     checkpoints = EpochCheckpoints(
         state_dir, fingerprint(asdict(params), Path(manifest_path), *label_files)
     )
-    train(
-        model,
-        model.backbone,
-        model.new_modules(),
-        dataset,
-        loss_fn,
-        params,
-        checkpoints,
-        device,
-        f"train-seg ({params.supervision})",
-    )
+    train(model, dataset, loss_fn, params, checkpoints, device, f"train-seg ({params.supervision})")
     arch = {
         k: getattr(params, k)
         for k in (

@@ -61,7 +61,8 @@ def run(
             readable = []
     if readable:
         _write(model, readable, out_dir, params)
-    (out_dir / "skipped.txt").write_text("".join(f"{p}\n" for p in skipped))
+    with atomic_path(out_dir / "skipped.txt") as tmp:
+        tmp.write_text("".join(f"{p}\n" for p in skipped))
     log.info(
         "segmented %d images into %s (labels: %s); skipped %d unreadable files%s",
         len(files) - len(skipped),

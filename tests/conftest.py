@@ -13,7 +13,7 @@ import pytest
 
 from wsss.data import build_manifest
 from wsss.data.demo import generate
-from wsss.data.manifest import Manifest, validate
+from wsss.data.manifest import validate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,3 @@ def tiny_manifest(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     validate(manifest, ["train", "val"])
     manifest.save(out)
     return out
-
-
-def load(path: Path) -> Manifest:
-    return Manifest.load(path)

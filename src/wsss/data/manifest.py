@@ -84,6 +84,13 @@ class Manifest:
             raise DatasetError(f"dataset '{self.name}': split '{name}' is empty")
         return records
 
+    def with_masks(self, name: str) -> list[Record]:
+        """The records of split ``name`` that have a ground-truth mask (at least one)."""
+        records = [r for r in self.split(name) if r.mask]
+        if not records:
+            raise DatasetError(f"dataset '{self.name}': split '{name}' has no ground-truth masks")
+        return records
+
     def to_dict(self) -> dict:
         return {
             "format_version": FORMAT_VERSION,

@@ -40,9 +40,7 @@ def run(
 ) -> dict:
     """Score ``<id>.png`` of every image of ``split`` with a mask; write JSON to ``out``."""
     manifest = Manifest.load(manifest_path)
-    records = [r for r in manifest.split(split) if r.mask]
-    if not records:
-        raise DatasetError(f"{manifest_path}: split '{split}' has no ground-truth masks")
+    records = manifest.with_masks(split)
     labels = find_labels(label_dirs)
     missing = [r.id for r in records if r.id not in labels]
     if missing:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wsss.atomic import write_json
-from wsss.data.manifest import DatasetError, Manifest, Record, read_mask
+from wsss.data.manifest import IGNORE, Manifest, Record, read_mask
 from wsss.metrics import confusion, maps_to_labels, scores
 from wsss.store import MapsReader
 from wsss.training import progress
@@ -46,12 +46,9 @@ def run(
     if params.bg_mode not in ("alpha", "threshold"):
         raise ValueError(f"bg_mode must be 'alpha' or 'threshold', not '{params.bg_mode}'")
     manifest = Manifest.load(manifest_path)
-    records = [r for r in manifest.split(params.split) if r.mask]
-    if not records:
-        raise DatasetError(f"{manifest_path}: split '{params.split}' has no ground-truth masks")
+    records = manifest.with_masks(params.split)
     n = manifest.num_labels
-    prior = _class_pixels(records, manifest) if not manifest.has_background else None
-    floor = np.zeros((n, n), np.int64)
+    gt_counts = np.zeros((len(records), n), np.int64)  # pixels of each label value per image
 
     with MapsReader(maps_paths) as reader:
         reader.check_covers([r.id for r in records])
@@ -60,8 +57,9 @@ def run(
         if manifest.has_background:
             values = reader.alphas or params.bg_values
         confs = {v: np.zeros((n, n), np.int64) for v in values}
-        for rec in progress(records, f"eval {stage}", "img"):
+        for i, rec in enumerate(progress(records, f"eval {stage}", "img")):
             gt = read_mask(rec.mask)
+            gt_counts[i] = np.bincount(gt[gt != IGNORE].ravel(), minlength=n)[:n]
             item = reader[rec.id].at_image_size()
             for index, v in enumerate(values):
                 if item.background is not None:
@@ -70,14 +68,11 @@ def run(
                     kw = {mode: v} if manifest.has_background else {}
                 pred = maps_to_labels(item.maps, item.classes, manifest.has_background, **kw)
                 confs[v] += confusion(pred, gt, n)
-            floor += confusion(_floor_labels(rec, gt.shape, manifest, prior), gt, n)
 
-    curve = [
-        {mode: v, "miou": scores(c, manifest.label_names)["miou"]}
-        for v, c in confs.items()
-        if v is not None
-    ]
-    best = max(values, key=lambda v: scores(confs[v], manifest.label_names)["miou"])
+    mious = {v: scores(c, manifest.label_names)["miou"] for v, c in confs.items()}
+    curve = [{mode: v, "miou": m} for v, m in mious.items() if v is not None]
+    best = max(values, key=mious.__getitem__)
+    floor = _floor_confusion(records, gt_counts, manifest)
     result = {
         "stage": stage,
         "split": params.split,
@@ -105,21 +100,19 @@ def run(
     return result
 
 
-def _class_pixels(records: Sequence[Record], manifest: Manifest) -> np.ndarray:
-    """Pixels of each label value over the split's masks (the dataset prior of the floor)."""
-    counts = np.zeros(manifest.num_labels, np.int64)
-    for rec in records:
-        mask = read_mask(rec.mask)
-        counts += np.bincount(mask[mask != 255].ravel(), minlength=manifest.num_labels)[
-            : manifest.num_labels
-        ]
-    return counts
-
-
-def _floor_labels(
-    rec: Record, shape: tuple[int, ...], manifest: Manifest, prior: np.ndarray | None
+def _floor_confusion(
+    records: Sequence[Record], gt_counts: np.ndarray, manifest: Manifest
 ) -> np.ndarray:
-    if prior is None or not rec.labels:
-        return np.zeros(shape, np.uint8)
-    top = max(rec.labels, key=lambda c: prior[c + manifest.offset])
-    return np.full(shape, top + manifest.offset, np.uint8)
+    """Confusion matrix of the trivial floor, from each image's ground-truth label counts.
+
+    Every pixel of an image is predicted as one value: background with a background class;
+    without one, the image's present class with the most pixels over the split.
+    """
+    prior = gt_counts.sum(0)
+    floor = np.zeros((manifest.num_labels,) * 2, np.int64)
+    for rec, counts in zip(records, gt_counts):
+        value = 0
+        if not manifest.has_background and rec.labels:
+            value = max(rec.labels, key=lambda c: prior[c + manifest.offset]) + manifest.offset
+        floor[:, value] += counts
+    return floor

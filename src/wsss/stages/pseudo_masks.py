@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,10 +38,12 @@ def pseudo_mask(
     params: PseudoMaskParams,
 ) -> np.ndarray:
     """Label map uint8 [H, W] from the refined maps of one image."""
+    if alpha_index is not None:  # upsample only the background that is used
+        item = replace(item, background=item.background[alpha_index : alpha_index + 1])
     full = item.at_image_size()
     classes = np.asarray(full.classes, dtype=np.int64)
     if has_background:
-        scores = np.concatenate([full.background[alpha_index][None], full.maps])
+        scores = np.concatenate([full.background, full.maps])
         values = np.concatenate([[0], classes + 1])
     else:
         scores, values = full.maps, classes

@@ -30,18 +30,10 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    """Every stage, its score, and the report figures."""
     input:
-        metrics("cam"),
-        metrics("aff_labels"),
-        metrics("rw"),
-        metrics("pseudo"),
-    default_target: True
-
-
-rule segmentation:
-    """The segmentation stage and the report figures (not yet part of the default run)."""
-    input:
-        metrics("seg"),
+        [metrics(stage) for stage in ("cam", "aff_labels", "rw", "pseudo", "seg")],
         metrics("seg_full") if config["seg"]["full_bound"] else [],
         rules.report_figures.output,
         rules.report_examples.output,
+    default_target: True

@@ -80,7 +80,7 @@ def planned_jobs(output: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
-    proc = snakemake(workdir, "all", "segmentation")
+    proc = snakemake(workdir, "all")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
 

@@ -222,6 +222,15 @@ def _cmd_summary(args: argparse.Namespace) -> None:
     print(summarize(args.run_dir))
 
 
+def _cmd_gpu_slot(args: argparse.Namespace) -> None:
+    from wsss.gpu_slots import exec_on_slot
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise ValueError("gpu-slot needs a command to run, e.g. wsss gpu-slot -- nvidia-smi")
+    exec_on_slot(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from wsss.stages.affinity_labels import AffinityLabelParams
     from wsss.stages.eval_maps import EvalMapsParams
@@ -386,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True, type=Path)
     p.add_argument("--plot", required=True, type=Path)
 
+    p = command(
+        "gpu-slot",
+        _cmd_gpu_slot,
+        "run a command on a free GPU of this machine (the slot every GPU stage claims)",
+    )
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
+
     p = command("summary", _cmd_summary, "print every stage's mIoU and the artefacts of a run")
     p.add_argument("run_dir", type=Path, help="results/<run>")
     return parser
@@ -401,6 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if getattr(args, "device", "cpu") != "cpu":
+            # Before CUDA starts: one free GPU per job when several run at once.
+            from wsss.gpu_slots import claim
+
+            claim()
         args.func(args)
     except (DatasetError, StoreError, FileNotFoundError, ValueError) as err:
         if args.verbose:

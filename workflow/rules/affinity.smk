@@ -14,6 +14,8 @@ rule affinity_labels:
         split=DATASET["train_split"],
         num_shards=config["num_shards"],
     threads: 1
+    resources:
+        **config["resources"]["shard"],
     log:
         log("affinity_labels-{shard}"),
     benchmark:
@@ -55,6 +57,7 @@ rule train_aff:
     threads: config["threads"]["train"]
     resources:
         gpu=1,
+        **config["resources"]["train"],
     log:
         log("train_aff"),
     benchmark:
@@ -80,6 +83,7 @@ rule random_walk:
     threads: config["threads"]["shard"]
     resources:
         gpu=1,
+        **config["resources"]["shard"],
     log:
         log("random_walk-{shard}"),
     benchmark:
@@ -118,6 +122,8 @@ rule pseudo_masks:
         split=DATASET["train_split"],
         num_shards=config["num_shards"],
     threads: 1
+    resources:
+        **config["resources"]["shard"],
     log:
         log("pseudo_masks-{shard}"),
     benchmark:

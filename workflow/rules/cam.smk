@@ -14,6 +14,7 @@ rule train_cam:
     threads: config["threads"]["train"]
     resources:
         gpu=1,
+        **config["resources"]["train"],
     log:
         log("train_cam"),
     benchmark:
@@ -37,6 +38,7 @@ rule infer_cam:
     threads: config["threads"]["shard"]
     resources:
         gpu=1,
+        **config["resources"]["shard"],
     log:
         log("infer_cam-{shard}"),
     benchmark:

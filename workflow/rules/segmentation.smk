@@ -29,6 +29,7 @@ rule train_seg:
     threads: config["threads"]["train"]
     resources:
         gpu=1,
+        **config["resources"]["train"],
     log:
         log("train_{model}"),
     benchmark:
@@ -53,6 +54,7 @@ rule infer_seg:
     threads: config["threads"]["shard"]
     resources:
         gpu=1,
+        **config["resources"]["shard"],
     log:
         log("infer_{model}-{shard}"),
     benchmark:

@@ -1,0 +1,104 @@
+"""The workflow on a real SLURM: a single-node cluster from Debian's packages, two fake GPUs.
+
+The cluster command is the README's, ``snakemake --workflow-profile profiles/slurm``, with a
+reduced demo config; its outputs must equal those of a local run
+(``--workflow-profile profiles/local``) of the same config. Skipped, saying why, where the
+daemons cannot be started (not root, no apt-get).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from slurm_cluster import Cluster, start_cluster, unavailable_reason
+from test_workflow import TINY, planned_jobs
+
+REPO = Path(__file__).resolve().parent.parent
+REASON = unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no SLURM: {REASON}")
+
+# One thread per job in both runs, so that both compute the same numbers; memory and time
+# within what the one test node offers.
+CONFIG = {
+    **TINY,
+    "threads": {"train": 1, "shard": 1},
+    "resources": {
+        "train": {"mem_mb": 3000, "runtime": 20},
+        "shard": {"mem_mb": 1500, "runtime": 10},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    cluster.stop()
+
+
+def run_workflow(profile: str, workdir: Path) -> str:
+    """Run the workflow with a profile; return Snakemake's log (stderr)."""
+    config = workdir / "tiny.yaml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump(CONFIG))
+    # The README's commands, from the repository, with the results in `workdir`.
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--workflow-profile", f"profiles/{profile}",
+         "--configfile", str(config), "--directory", str(workdir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stderr
+
+
+def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    log = run_workflow("slurm", tmp_path / "slurm")
+    run_workflow("local", tmp_path / "local")
+
+    # Every job of the workflow went through sbatch: slurmctld lists one completed job per
+    # planned job (the executor puts the rule name in the job's comment).
+    planned = planned_jobs(log)
+    planned.pop("all")  # the target rule runs no command
+    completed = Counter(
+        re.sub(r"^rule_([a-z_]+?)(_wildcards_.*)?$", r"\1", comment)
+        for state, comment in (
+            line.split("|")
+            for line in cluster.run("squeue", "-h", "-t", "all", "-o", "%T|%k").splitlines()
+        )
+        if state == "COMPLETED"
+    )
+    assert completed == planned
+    assert sum(planned.values()) >= 20
+    run = tmp_path / "slurm/results/tiny"
+    train_logs = list(run.glob("logs/train_*.log"))
+    assert len(train_logs) == 4  # cam, aff, seg, seg_full
+    for log in train_logs + list(run.glob("logs/infer_*.log")):
+        # GPU jobs got a device from SLURM's gres (--gpus=1) and kept it.
+        assert re.search(r"CUDA_VISIBLE_DEVICES=[01] already set", log.read_text()), log
+
+    # The same numbers and the same masks as the local run.
+    local = tmp_path / "local/results/tiny"
+    for stage in ("cam", "aff_labels", "rw", "pseudo", "seg", "seg_full"):
+        a = json.loads((run / f"metrics/{stage}.json").read_text())
+        b = json.loads((local / f"metrics/{stage}.json").read_text())
+        assert (a["miou"], a["per_class"]) == (b["miou"], b["per_class"]), stage
+    masks = sorted(p.relative_to(run) for p in run.glob("pseudo/shard-*/*.png"))
+    assert len(masks) == CONFIG["demo"]["num_train"]
+    for mask in masks + sorted(p.relative_to(run) for p in run.glob("pred/seg/shard-*/*.png")):
+        assert np.array_equal(np.asarray(Image.open(run / mask)), np.asarray(Image.open(local / mask)))
+    assert (run / "report/examples.png").exists() and (run / "report/stages.html").exists()

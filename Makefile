@@ -1,4 +1,5 @@
-# make demo   create the venv, install, run the whole pipeline on the built-in dataset
+# make demo   create the venv, install, run the whole pipeline on the built-in dataset,
+#             write its HTML report and print every stage's mIoU
 # make test   create the venv, install, run the tests
 # make rulegraph   redraw docs/rulegraph.png (needs Graphviz's `dot`)
 
@@ -20,7 +21,9 @@ $(STAMP): pyproject.toml requirements.txt
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --quiet rules
+	$(BIN)/snakemake --quiet all --report results/demo/report.html
 	$(BIN)/wsss summary results/demo
+	@echo "HTML report (open in a browser): results/demo/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=10 tests

@@ -140,3 +140,19 @@ def test_gpu_slot_without_a_command_is_an_error() -> None:
     proc = subprocess.run([*WSSS, "gpu-slot"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "needs a command" in proc.stderr
+
+
+@pytest.mark.parametrize(("device", "claims"), [("auto", True), ("cuda", True), ("cpu", False)])
+def test_every_stage_command_claims_a_slot_unless_told_cpu(
+    tmp_path: Path, device: str, claims: bool
+) -> None:
+    # The slot is claimed before the stage starts (here it then fails: no checkpoint).
+    proc = subprocess.run(
+        [*WSSS, "predict", "--checkpoint", str(tmp_path / "missing.pt"), "--images",
+         str(tmp_path), "--out", str(tmp_path / "out"), "--device", device],
+        env=slot_env(tmp_path / "locks", "5"),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "missing.pt" in proc.stderr
+    assert ("GPU: claimed device 5" in proc.stderr) is claims

@@ -99,12 +99,23 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
         "metrics/aff_labels.json",
         "metrics/rw.json",
         "metrics/pseudo.json",
+        "seg/model.pt",
+        "seg_full/model.pt",
+        "metrics/seg.json",
+        "metrics/seg_full.json",
+        "report/stages.html",
+        "report/per_class.png",
+        "report/examples.png",
     ]:
         assert (run / path).is_file(), path
     train_ids = (finished_run / "data/demo/ImageSets/Segmentation/train.txt").read_text().split()
     for stage in ("aff_labels", "pseudo"):
         pngs = sorted(p.stem for p in (run / stage).glob("shard-*/*.png"))
         assert pngs == sorted(train_ids), stage  # every image exactly once over the shards
+    val_ids = (finished_run / "data/demo/ImageSets/Segmentation/val.txt").read_text().split()
+    for model in ("seg", "seg_full"):
+        pngs = sorted(p.stem for p in (run / "pred" / model).glob("shard-*/*.png"))
+        assert pngs == sorted(val_ids), model
     for rule in [
         "make_demo",
         "prepare_dataset",
@@ -136,6 +147,23 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
     }
 
 
+def test_summary_prints_every_stage_and_the_ratio(finished_run: Path) -> None:
+    run = finished_run / "results" / "tiny"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsss.cli", "summary", str(run)],
+        capture_output=True, text=True, check=True,
+    )
+    miou = {stage: json.loads((run / f"metrics/{stage}.json").read_text())["miou"]
+            for stage in ("cam", "rw", "pseudo", "seg", "seg_full")}
+    for title, stage in [("CAMs", "cam"), ("random walk", "rw"), ("pseudo-masks", "pseudo"),
+                         ("segmentation, weak", "seg"), ("fully supervised bound", "seg_full")]:
+        line = next(line for line in proc.stdout.splitlines() if title in line)
+        assert f"{miou[stage]:6.2f}" in line, line
+    ratio = next(line for line in proc.stdout.splitlines() if "weak / full" in line)
+    assert f"{miou['seg'] / miou['seg_full']:6.2f}" in ratio
+    assert "report figures" in proc.stdout
+
+
 def test_refined_stages_are_scored(finished_run: Path) -> None:
     metrics = finished_run / "results" / "tiny" / "metrics"
     rw = json.loads((metrics / "rw.json").read_text())
@@ -152,7 +180,7 @@ def test_refined_stages_are_scored(finished_run: Path) -> None:
 
 def test_second_run_has_nothing_to_do(finished_run: Path) -> None:
     start = time.time()
-    proc = snakemake(finished_run, "--dry-run", "all", "segmentation")
+    proc = snakemake(finished_run, "--dry-run")
     assert proc.returncode == 0
     assert "Nothing to be done" in proc.stdout + proc.stderr
     assert time.time() - start < 10
@@ -166,7 +194,6 @@ DOWNSTREAM_OF_PSEUDO_MASKS = {
     "eval_seg": 1,
     "report_figures": 1,
     "report_examples": 1,
-    "segmentation": 1,
 }
 
 
@@ -174,8 +201,6 @@ def test_changed_inference_parameter_reruns_only_inference_and_later(finished_ru
     proc = snakemake(
         finished_run,
         "--dry-run",
-        "all",
-        "segmentation",
         configs=({"cam": {"infer": {"flip": False}}},),
     )
     assert proc.returncode == 0, proc.stderr
@@ -196,7 +221,7 @@ def test_changed_inference_parameter_reruns_only_inference_and_later(finished_ru
 
 def test_changed_pseudo_mask_parameter_reruns_only_pseudo_masks(finished_run: Path) -> None:
     proc = snakemake(
-        finished_run, "--dry-run", "all", "segmentation", configs=({"pseudo": {"crf": False}},)
+        finished_run, "--dry-run", configs=({"pseudo": {"crf": False}},)
     )
     assert proc.returncode == 0, proc.stderr
     assert planned_jobs(proc.stdout) == {

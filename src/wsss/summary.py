@@ -57,6 +57,7 @@ def summarize(run_dir: str | os.PathLike[str]) -> str:
         ("seg/model.pt", "segmentation network (wsss predict)"),
         ("seg_full/model.pt", "fully supervised bound"),
         ("pred/seg/shard-*", "val predictions (PNG per image)"),
+        ("report/*", "report figures (snakemake --report report.html)"),
         ("metrics/*.json", "metrics"),
         ("logs/*.log", "logs per job"),
         ("benchmarks/*.tsv", "time and memory per job"),

@@ -59,7 +59,8 @@ def per_class_plot(metrics_dir: str | os.PathLike[str], out: str | os.PathLike[s
     found = _load(Path(metrics_dir))
     names = list(next(iter(found.values()))["per_class"])
     width = 0.8 / len(found)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) * max(1, len(found) / 2)), 3.6))
+    # About 0.12 inch a bar, between 6 and 16 inches wide.
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.12 * len(names) * len(found) + 1.5)), 3.8))
     x = np.arange(len(names))
     for i, (stem, m) in enumerate(found.items()):
         values = [m["per_class"].get(n) or 0.0 for n in names]
@@ -67,7 +68,7 @@ def per_class_plot(metrics_dir: str | os.PathLike[str], out: str | os.PathLike[s
     ax.set_xticks(x, names, rotation=45, ha="right")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with atomic_path(out) as tmp:

@@ -42,7 +42,9 @@ def main() -> int:
     targets = (
         ["all"]
         if args.until == STAGES[-1]
-        else [f"results/{args.run}/metrics/{s}.json" for s in STAGES[: STAGES.index(args.until) + 1]]
+        else [
+            f"results/{args.run}/metrics/{s}.json" for s in STAGES[: STAGES.index(args.until) + 1]
+        ]
     )
     cmd = [
         sys.executable,

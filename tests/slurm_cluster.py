@@ -50,7 +50,9 @@ def install() -> None:
         subprocess.run(cmd, env=env, capture_output=True, check=True)
 
 
-SLURM_CONF = MARK + """\
+SLURM_CONF = (
+    MARK
+    + """\
 ClusterName=wsss-test
 SlurmctldHost=localhost
 SlurmctldAddr=127.0.0.1
@@ -76,6 +78,7 @@ GresTypes=gpu
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
+)
 
 
 @dataclass

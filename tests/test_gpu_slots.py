@@ -45,7 +45,7 @@ rule job:
     output: "out/{{i}}.txt"
     resources: gpu=1
     shell:
-        "{' '.join(WSSS)} gpu-slot -- sh -c "
+        "{" ".join(WSSS)} gpu-slot -- sh -c "
         "'echo $CUDA_VISIBLE_DEVICES $(date +%s.%N) > {{output}}.tmp; sleep 3;"
         " echo $(date +%s.%N) >> {{output}}.tmp; mv {{output}}.tmp {{output}}'"
 """
@@ -71,7 +71,14 @@ def test_killed_job_frees_its_device(tmp_path: Path) -> None:
 
     def start(name: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [*WSSS, "gpu-slot", "--", "sh", "-c", f"echo $CUDA_VISIBLE_DEVICES > {name}; sleep 120"],
+            [
+                *WSSS,
+                "gpu-slot",
+                "--",
+                "sh",
+                "-c",
+                f"echo $CUDA_VISIBLE_DEVICES > {name}; sleep 120",
+            ],
             cwd=tmp_path,
             env=env,
             start_new_session=True,  # its own process group, as a job has
@@ -100,7 +107,14 @@ def test_killed_job_frees_its_device(tmp_path: Path) -> None:
 def test_waiting_job_gets_the_device_when_it_is_released(tmp_path: Path) -> None:
     locks = tmp_path / "locks"
     holder = subprocess.Popen(
-        [*WSSS, "gpu-slot", "--", "sh", "-c", "echo held > held; until [ -e release ]; do sleep 0.1; done"],
+        [
+            *WSSS,
+            "gpu-slot",
+            "--",
+            "sh",
+            "-c",
+            "echo held > held; until [ -e release ]; do sleep 0.1; done",
+        ],
         cwd=tmp_path,
         env=slot_env(locks, "0"),
     )
@@ -148,8 +162,18 @@ def test_every_stage_command_claims_a_slot_unless_told_cpu(
 ) -> None:
     # The slot is claimed before the stage starts (here it then fails: no checkpoint).
     proc = subprocess.run(
-        [*WSSS, "predict", "--checkpoint", str(tmp_path / "missing.pt"), "--images",
-         str(tmp_path), "--out", str(tmp_path / "out"), "--device", device],
+        [
+            *WSSS,
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "missing.pt"),
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            device,
+        ],
         env=slot_env(tmp_path / "locks", "5"),
         capture_output=True,
         text=True,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from test_workflow import TINY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,9 +22,18 @@ EPOCHS = 40
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
     return [
-        sys.executable, "-m", "snakemake", *args,
-        "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-        "--cores", "2", "--configfile", str(workdir / "tiny.yaml"),
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(workdir / "tiny.yaml"),
     ]
 
 
@@ -40,8 +48,10 @@ def test_killed_workflow_finishes_and_training_resumes(tmp_path: Path) -> None:
     # Kill Snakemake and its jobs at once (SIGKILL to the process group: no clean-up runs,
     # as when a node goes down) as soon as the CAM training has saved an epoch.
     proc = subprocess.Popen(
-        snakemake_cmd(tmp_path, target), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        snakemake_cmd(tmp_path, target),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
     while not state.exists():

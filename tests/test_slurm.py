@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
 from slurm_cluster import Cluster, start_cluster, unavailable_reason
 from test_workflow import TINY, planned_jobs
 
@@ -53,8 +52,17 @@ def run_workflow(profile: str, workdir: Path) -> str:
     config.write_text(yaml.safe_dump(CONFIG))
     # The README's commands, from the repository, with the results in `workdir`.
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--workflow-profile", f"profiles/{profile}",
-         "--configfile", str(config), "--directory", str(workdir)],
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--workflow-profile",
+            f"profiles/{profile}",
+            "--configfile",
+            str(config),
+            "--directory",
+            str(workdir),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -100,5 +108,7 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(
     masks = sorted(p.relative_to(run) for p in run.glob("pseudo/shard-*/*.png"))
     assert len(masks) == CONFIG["demo"]["num_train"]
     for mask in masks + sorted(p.relative_to(run) for p in run.glob("pred/seg/shard-*/*.png")):
-        assert np.array_equal(np.asarray(Image.open(run / mask)), np.asarray(Image.open(local / mask)))
+        assert np.array_equal(
+            np.asarray(Image.open(run / mask)), np.asarray(Image.open(local / mask))
+        )
     assert (run / "report/examples.png").exists() and (run / "report/stages.html").exists()

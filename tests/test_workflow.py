@@ -151,12 +151,21 @@ def test_summary_prints_every_stage_and_the_ratio(finished_run: Path) -> None:
     run = finished_run / "results" / "tiny"
     proc = subprocess.run(
         [sys.executable, "-m", "wsss.cli", "summary", str(run)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    miou = {stage: json.loads((run / f"metrics/{stage}.json").read_text())["miou"]
-            for stage in ("cam", "rw", "pseudo", "seg", "seg_full")}
-    for title, stage in [("CAMs", "cam"), ("random walk", "rw"), ("pseudo-masks", "pseudo"),
-                         ("segmentation, weak", "seg"), ("fully supervised bound", "seg_full")]:
+    miou = {
+        stage: json.loads((run / f"metrics/{stage}.json").read_text())["miou"]
+        for stage in ("cam", "rw", "pseudo", "seg", "seg_full")
+    }
+    for title, stage in [
+        ("CAMs", "cam"),
+        ("random walk", "rw"),
+        ("pseudo-masks", "pseudo"),
+        ("segmentation, weak", "seg"),
+        ("fully supervised bound", "seg_full"),
+    ]:
         line = next(line for line in proc.stdout.splitlines() if title in line)
         assert f"{miou[stage]:6.2f}" in line, line
     ratio = next(line for line in proc.stdout.splitlines() if "weak / full" in line)
@@ -220,9 +229,7 @@ def test_changed_inference_parameter_reruns_only_inference_and_later(finished_ru
 
 
 def test_changed_pseudo_mask_parameter_reruns_only_pseudo_masks(finished_run: Path) -> None:
-    proc = snakemake(
-        finished_run, "--dry-run", configs=({"pseudo": {"crf": False}},)
-    )
+    proc = snakemake(finished_run, "--dry-run", configs=({"pseudo": {"crf": False}},))
     assert proc.returncode == 0, proc.stderr
     assert planned_jobs(proc.stdout) == {
         "pseudo_masks": 2,

@@ -49,7 +49,10 @@ class Slot:
 
 
 def default_lock_dir() -> Path:
-    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"wsss-gpu-locks-{os.getuid()}")
+    return Path(
+        os.environ.get(LOCK_DIR_ENV)
+        or Path(tempfile.gettempdir()) / f"wsss-gpu-locks-{os.getuid()}"
+    )
 
 
 def machine_devices() -> list[str]:

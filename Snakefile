@@ -1,6 +1,7 @@
 # Weakly-supervised semantic segmentation from image-level labels.
 #   snakemake --cores all                       # the demo run (config.yaml)
 #   snakemake --cores all --configfile configs/msrc21.yaml
+#   snakemake --cores all --configfile configs/ablation_demo.yaml   # several experiments
 #   snakemake --report report.html              # the HTML report of a finished run
 # Rules only wire files to `wsss <stage>` commands; the code lives in src/wsss.
 
@@ -27,13 +28,28 @@ include: "workflow/rules/cam.smk"
 include: "workflow/rules/affinity.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/experiments.smk"
+
+
+# Cheap jobs run where Snakemake runs, not as cluster jobs.
+localrules:
+    eval_cam,
+    eval_aff_labels,
+    eval_rw,
+    eval_pseudo,
+    eval_seg,
+    report_figures,
+    report_examples,
+    experiment_plan,
+    compare,
 
 
 rule all:
-    """Every stage, its score, and the report figures."""
+    """Every experiment's scored steps and report figures; with `experiments:`, their
+    comparison."""
     input:
-        [metrics(stage) for stage in ("cam", "aff_labels", "rw", "pseudo", "seg")],
-        metrics("seg_full") if config["seg"]["full_bound"] else [],
-        rules.report_figures.output,
-        rules.report_examples.output,
+        [metrics_of(path) for path in EXPERIMENTS],
+        expand(rules.report_figures.output, exp=EXPERIMENTS),
+        expand(rules.report_examples.output, exp=EXPERIMENTS),
+        rules.compare.output if COMPARE else [],
     default_target: True

@@ -9,12 +9,44 @@ import numpy as np
 import pytest
 import torch
 
+from wsss.label_maps import confident_regions, pseudo_mask
 from wsss.models.affinitynet import AffinityNet, affinity_loss, half_offsets, pair_labels
 from wsss.models.backbones import build_backbone
-from wsss.stages.affinity_labels import AffinityLabelParams, confident_regions
-from wsss.stages.pseudo_masks import PseudoMaskParams, pseudo_mask
-from wsss.stages.random_walk import RandomWalkParams, grid_average, refine
+from wsss.randomwalk import grid_average, refine
+from wsss.settings import CRFParams
+from wsss.stages import affinity_labels, random_walk
 from wsss.store import ImageMaps
+
+
+def regions(
+    image: np.ndarray, maps: np.ndarray, classes: np.ndarray, has_background: bool
+) -> np.ndarray:
+    """confident_regions with the affinity-labels stage's default settings."""
+    p = affinity_labels.Params()
+    return confident_regions(
+        image, maps, classes, has_background, p.alpha_low, p.alpha_high, p.confidence, p
+    )
+
+
+def walk(
+    model: AffinityNet,
+    image: torch.Tensor,
+    maps: np.ndarray,
+    has_background: bool,
+    params: random_walk.Params,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """refine with the settings of a random-walk stage's Params."""
+    return refine(
+        model,
+        image,
+        maps,
+        has_background,
+        params.radius,
+        params.beta,
+        params.logt,
+        params.alphas,
+        params.amp,
+    )
 
 
 def test_half_offsets_cover_each_pair_once() -> None:
@@ -93,7 +125,7 @@ def two_regions() -> tuple[np.ndarray, np.ndarray]:
 
 def test_confident_regions_with_background() -> None:
     image, cams = two_regions()
-    labels = confident_regions(image, cams, np.array([2]), True, AffinityLabelParams())
+    labels = regions(image, cams, np.array([2]), True)
     assert labels[20, 12] == 3  # class 2 -> value 3 at the peak
     assert labels[20, 35] == 0  # far background is confident background
     assert set(np.unique(labels)) <= {0, 3, 255}
@@ -102,13 +134,11 @@ def test_confident_regions_with_background() -> None:
 
 def test_confident_regions_without_background() -> None:
     image, cams = two_regions()
-    single = confident_regions(image, cams, np.array([4]), False, AffinityLabelParams())
+    single = regions(image, cams, np.array([4]), False)
     assert (single == 4).all()  # one label and no background: the whole image is that class
     yy, xx = np.mgrid[:40, :40]
     broad = np.exp(-((yy - 20) ** 2 + (xx - 12) ** 2) / 300.0).astype(np.float32)[None]
-    labels = confident_regions(
-        image, np.concatenate([broad, 1.0 - broad]), np.array([1, 6]), False, AffinityLabelParams()
-    )
+    labels = regions(image, np.concatenate([broad, 1.0 - broad]), np.array([1, 6]), False)
     assert labels[20, 12] == 1 and labels[20, 36] == 6
     assert set(np.unique(labels)) <= {1, 6, 255}
 
@@ -126,14 +156,14 @@ def test_refine_with_radius_one_is_the_grid_average() -> None:
     model = AffinityNet(build_backbone("lite0", 16, weights=None)).eval()
     image = torch.rand(3, 37, 50) * 255
     maps = np.random.default_rng(0).random((2, 37, 50)).astype(np.float32)
-    params = RandomWalkParams(radius=1, alphas=(1.0, 16.0), amp=False)
-    fg, bg = refine(model, image, maps, True, params)
+    params = random_walk.Params(radius=1, alphas=(1.0, 16.0), amp=False)
+    fg, bg = walk(model, image, maps, True, params)
     assert fg.shape == (2, 5, 7) and bg.shape == (2, 5, 7)
     expected = grid_average(torch.from_numpy(maps), (5, 7)).numpy()
     np.testing.assert_allclose(fg, expected, atol=1e-5)
     bg16 = grid_average(torch.from_numpy((1 - maps.max(0, keepdims=True)) ** 16), (5, 7))
     np.testing.assert_allclose(bg[1:], bg16.numpy(), atol=1e-5)
-    fg_walked, none = refine(model, image, maps, False, RandomWalkParams(radius=3, logt=2))
+    fg_walked, none = walk(model, image, maps, False, random_walk.Params(radius=3, logt=2))
     assert none is None and fg_walked.shape == (2, 5, 7)
     assert fg_walked.min() >= maps.min() - 1e-5 and fg_walked.max() <= maps.max() + 1e-5
 
@@ -145,10 +175,10 @@ def test_pseudo_mask_argmax_on_upsampled_maps() -> None:
     background = np.full((1, 2, 2), 0.5, np.float32)
     item = ImageMaps("x", maps, np.array([1, 4]), background, (16, 16), 8)
     image = np.zeros((16, 16, 3), np.uint8)
-    labels = pseudo_mask(image, item, True, 0, PseudoMaskParams(crf=False))
+    labels = pseudo_mask(image, item, True, 0, None)
     assert labels.shape == (16, 16)
     assert labels[0, 0] == 2 and labels[15, 15] == 5 and labels[15, 0] == 0
-    with_crf = pseudo_mask(image, item, True, 0, PseudoMaskParams(crf=True))
+    with_crf = pseudo_mask(image, item, True, 0, CRFParams())
     assert set(np.unique(with_crf)) <= {0, 2, 5}
     single = ImageMaps("y", maps[:1], np.array([3]), None, (16, 16), 8)
-    assert (pseudo_mask(image, single, False, None, PseudoMaskParams()) == 3).all()
+    assert (pseudo_mask(image, single, False, None, CRFParams()) == 3).all()

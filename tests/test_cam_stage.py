@@ -15,13 +15,17 @@ import numpy as np
 import pytest
 import torch
 
+from wsss.common import shard_records
 from wsss.data.manifest import Manifest, read_mask
 from wsss.data.palette import label_image
-from wsss.models.cam import load_cam_model
-from wsss.stages import eval_maps, infer_cam, train_cam
+from wsss.inference import multiscale_cams
+from wsss.models.cam import CAMNet
+from wsss.models.registry import load_model
+from wsss.settings import TrainIO
+from wsss.stages import eval_maps, train_cam
 from wsss.store import MapsReader, MapsWriter, StoreError
 
-FAST = train_cam.TrainCamParams(
+FAST = train_cam.Params(
     backbone="lite0",
     output_stride=16,
     head_channels=32,
@@ -29,8 +33,13 @@ FAST = train_cam.TrainCamParams(
     batch_size=8,
     crop_size=64,
     num_workers=0,
-    device="cpu",
 )
+
+
+def load_cam_model(path: Path) -> CAMNet:
+    model = load_model(path, "cam").model
+    assert isinstance(model, CAMNet) and not model.training
+    return model
 
 
 def wsss(*args: str) -> list[str]:
@@ -66,14 +75,17 @@ def train_args(manifest: Path, out: Path, state: Path, epochs: int) -> list[str]
 @pytest.fixture(scope="module")
 def cam_model(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cam") / "model.pt"
-    train_cam.run(tiny_manifest, out, out.parent / "state", FAST)
+    io = TrainIO(
+        manifest=tiny_manifest, out=out, state_dir=out.parent / "state", split="train", device="cpu"
+    )
+    train_cam.run(io, FAST)
     return out
 
 
 def test_model_file_loads_weights_only(cam_model: Path, tiny_manifest: Path) -> None:
     ckpt = torch.load(cam_model, weights_only=True)
-    assert ckpt["kind"] == "cam" and ckpt["backbone"] == "lite0"
-    assert ckpt["classes"] == list(Manifest.load(tiny_manifest).classes)
+    assert ckpt["kind"] == "cam" and ckpt["arch"]["backbone"] == "lite0"
+    assert ckpt["label_names"] == list(Manifest.load(tiny_manifest).classes)
     model = load_cam_model(cam_model)
     with torch.no_grad():
         cams = model.cams(torch.rand(1, 3, 64, 64) * 255)
@@ -121,20 +133,20 @@ def test_killed_training_resumes_and_matches_uninterrupted(
 def test_multiscale_cams_are_normalised(cam_model: Path) -> None:
     model = load_cam_model(cam_model)
     image = torch.rand(3, 50, 70) * 255
-    cams = infer_cam.multiscale_cams(model, image, [1, 4], (1.0, 0.5), flip=True)
+    cams = multiscale_cams(model, image, [1, 4], (1.0, 0.5), flip=True)
     assert cams.shape == (2, 50, 70)
     peaks = cams.flatten(1).max(1).values
     assert torch.all((peaks > 0.99) & (peaks <= 1.0)) or torch.all(peaks == 0)
-    assert infer_cam.multiscale_cams(model, image, [], (1.0,), flip=False).shape == (0, 50, 70)
+    assert multiscale_cams(model, image, [], (1.0,), flip=False).shape == (0, 50, 70)
 
 
 def test_shards_partition_the_split(tiny_manifest: Path) -> None:
     records = Manifest.load(tiny_manifest).split("train")
-    shards = [infer_cam.shard_records(records, k, 5) for k in range(5)]
+    shards = [shard_records(records, k, 5) for k in range(5)]
     ids = [r.id for shard in shards for r in shard]
     assert sorted(ids) == sorted(r.id for r in records) and len(ids) == len(set(ids))
     with pytest.raises(ValueError):
-        infer_cam.shard_records(records, 5, 5)
+        shard_records(records, 5, 5)
 
 
 def test_infer_cam_killed_mid_shard_leaves_no_complete_file(
@@ -184,10 +196,14 @@ def perfect_maps(manifest: Manifest, split: str, path: Path) -> None:
 def test_eval_scores_perfect_maps_and_the_floor(tiny_manifest: Path, tmp_path: Path) -> None:
     manifest = Manifest.load(tiny_manifest)
     perfect_maps(manifest, "train", tmp_path / "maps.h5")
-    params = eval_maps.EvalMapsParams(split="train", bg_values=(1.0, 4.0))
-    result = eval_maps.run(
-        tiny_manifest, [tmp_path / "maps.h5"], tmp_path / "m.json", "cam", params
+    io = eval_maps.IO(
+        manifest=tiny_manifest,
+        maps=(tmp_path / "maps.h5",),
+        out=tmp_path / "m.json",
+        stage="cam",
+        split="train",
     )
+    result = eval_maps.run(io, eval_maps.Params(bg_values=(1.0, 4.0)))
     assert result["miou"] == 100.0 and result["curve"] == [
         {"alpha": 1.0, "miou": 100.0},
         {"alpha": 4.0, "miou": 100.0},
@@ -213,13 +229,13 @@ def test_eval_without_background_uses_present_classes(tiny_manifest: Path, tmp_p
     no_bg = Manifest("nobg", manifest.classes, False, {"train": records})
     no_bg.save(tmp_path / "nobg.json")
     perfect_maps(no_bg, "train", tmp_path / "maps.h5")
-    result = eval_maps.run(
-        tmp_path / "nobg.json",
-        [tmp_path / "maps.h5"],
-        tmp_path / "m.json",
-        "cam",
-        eval_maps.EvalMapsParams(),
+    io = eval_maps.IO(
+        manifest=tmp_path / "nobg.json",
+        maps=(tmp_path / "maps.h5",),
+        out=tmp_path / "m.json",
+        stage="cam",
     )
+    result = eval_maps.run(io, eval_maps.Params())
     assert result["miou"] == 100.0 and result["curve"] == [] and result["best"] == {}
     assert "background" not in result["per_class"]
     assert 0 < result["floor"]["miou"] < 100

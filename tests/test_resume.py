@@ -3,44 +3,22 @@ training job resumes from its last epoch checkpoint instead of starting over."""
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
-from test_workflow import TINY
+from test_workflow import snakemake_cmd
 
-REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 40
-
-
-def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *args,
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--cores",
-        "2",
-        "--configfile",
-        str(workdir / "tiny.yaml"),
-    ]
+# The CAM training long enough to be killed in the middle.
+LONG_TRAINING = {"cam": {"train": {"epochs": EPOCHS}}}
 
 
 def test_killed_workflow_finishes_and_training_resumes(tmp_path: Path) -> None:
-    config = copy.deepcopy(TINY)
-    config["cam"]["train"]["epochs"] = EPOCHS
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     run = tmp_path / "results/tiny"
     target = "results/tiny/metrics/cam.json"
     state = run / "cam/train-state/last.pt"
@@ -48,7 +26,7 @@ def test_killed_workflow_finishes_and_training_resumes(tmp_path: Path) -> None:
     # Kill Snakemake and its jobs at once (SIGKILL to the process group: no clean-up runs,
     # as when a node goes down) as soon as the CAM training has saved an epoch.
     proc = subprocess.Popen(
-        snakemake_cmd(tmp_path, target),
+        snakemake_cmd(tmp_path, target, configs=(LONG_TRAINING,)),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -65,9 +43,15 @@ def test_killed_workflow_finishes_and_training_resumes(tmp_path: Path) -> None:
     assert 1 <= done < EPOCHS
 
     # A killed Snakemake leaves its lock: --unlock, then finish what was left.
-    subprocess.run(snakemake_cmd(tmp_path, "--unlock"), check=True, capture_output=True)
+    subprocess.run(
+        snakemake_cmd(tmp_path, "--unlock", configs=(LONG_TRAINING,)),
+        check=True,
+        capture_output=True,
+    )
     finish = subprocess.run(
-        snakemake_cmd(tmp_path, target, "--rerun-incomplete"), capture_output=True, text=True
+        snakemake_cmd(tmp_path, target, "--rerun-incomplete", configs=(LONG_TRAINING,)),
+        capture_output=True,
+        text=True,
     )
     assert finish.returncode == 0, finish.stderr[-3000:]
     log = (run / "logs/train_cam.log").read_text()

@@ -13,23 +13,40 @@ import pytest
 import torch
 from PIL import Image
 
+from wsss.inference import segment
 from wsss.models.backbones import build_backbone
-from wsss.models.deeplab import HEADS, SegNet, load_seg_model
+from wsss.models.deeplab import HEADS, SegNet
+from wsss.models.registry import load_model
+from wsss.settings import SegmentParams
 from wsss.stages import predict, train_seg
-from wsss.stages.infer_seg import segment
 
 DATA = Path(__file__).parent / "data"
-FAST = train_seg.TrainSegParams(
+FAST = train_seg.Params(
     output_stride=16,
     epochs=1,
     batch_size=8,
     crop_size=64,
     num_workers=0,
-    device="cpu",
     head_channels=16,
     head_dilation=2,
     supervision="full",
 )
+
+
+def train_io(manifest: Path, labels: list[Path], out: Path, state_dir: Path) -> train_seg.IO:
+    return train_seg.IO(
+        manifest=manifest,
+        labels=tuple(labels),
+        out=out,
+        state_dir=state_dir,
+        split="train",
+        device="cpu",
+    )
+
+
+def load_seg_model(path: Path) -> tuple[SegNet, list[str]]:
+    loaded = load_model(path, "seg")
+    return loaded.model, loaded.label_names
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -43,13 +60,13 @@ def test_heads_give_logits_at_input_size(head: str) -> None:
 @pytest.fixture(scope="module")
 def seg_model(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("seg") / "model.pt"
-    train_seg.run(tiny_manifest, [], out, out.parent / "state", FAST)
+    train_seg.run(train_io(tiny_manifest, [], out, out.parent / "state"), FAST)
     return out
 
 
 def test_model_file_describes_itself(seg_model: Path) -> None:
     ckpt = torch.load(seg_model, weights_only=True)
-    assert ckpt["kind"] == "seg" and ckpt["supervision"] == "full"
+    assert ckpt["kind"] == "seg" and ckpt["arch"]["supervision"] == "full"
     model, names = load_seg_model(seg_model)
     assert names[0] == "background" and len(names) == 7
     assert isinstance(model, SegNet) and not model.training
@@ -62,11 +79,8 @@ def test_weak_supervision_needs_a_pseudo_mask_per_image(
     pseudo.mkdir()
     with pytest.raises(ValueError, match="24 images of 'train' have no pseudo-mask"):
         train_seg.run(
-            tiny_manifest,
-            [pseudo],
-            tmp_path / "m.pt",
-            tmp_path / "s",
-            train_seg.TrainSegParams(**{**FAST.__dict__, "supervision": "weak"}),
+            train_io(tiny_manifest, [pseudo], tmp_path / "m.pt", tmp_path / "s"),
+            train_seg.Params(**{**FAST.__dict__, "supervision": "weak"}),
         )
 
 
@@ -99,7 +113,7 @@ def test_predict_on_outside_images_skips_corrupt_files(seg_model: Path, tmp_path
             "-m",
             "wsss.cli",
             "predict",
-            "--checkpoint",
+            "--model",
             str(seg_model),
             "--images",
             str(images),
@@ -130,4 +144,7 @@ def test_predict_on_outside_images_skips_corrupt_files(seg_model: Path, tmp_path
 def test_predict_refuses_to_write_into_the_input_folder(seg_model: Path, tmp_path: Path) -> None:
     shutil.copy(DATA / "chelsea.jpg", tmp_path / "chelsea.jpg")
     with pytest.raises(ValueError, match="must differ from the input folder"):
-        predict.run(seg_model, tmp_path, tmp_path / ".", predict.PredictParams(device="cpu"))
+        predict.run(
+            predict.IO(model=seg_model, images=tmp_path, out=tmp_path / ".", device="cpu"),
+            SegmentParams(),
+        )

@@ -46,15 +46,14 @@ TINY = {
 }
 
 
-def snakemake(
-    workdir: Path, *args: str, configs: tuple[dict, ...] = ()
-) -> subprocess.CompletedProcess:
+def snakemake_cmd(workdir: Path, *args: str, configs: tuple[dict, ...] = ()) -> list[str]:
+    """The Snakemake command on the tiny demo config (plus ``configs``) in ``workdir``."""
     files = []
     for i, config in enumerate((TINY, *configs)):
         path = workdir / f"override-{i}.yaml"
         path.write_text(yaml.safe_dump(config))
         files.append(str(path))
-    cmd = [
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -68,6 +67,12 @@ def snakemake(
         "--configfile",
         *files,
     ]
+
+
+def snakemake(
+    workdir: Path, *args: str, configs: tuple[dict, ...] = ()
+) -> subprocess.CompletedProcess:
+    cmd = snakemake_cmd(workdir, *args, configs=configs)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
 
 
@@ -252,6 +257,7 @@ def test_more_shards_rerun_inference_only(finished_run: Path) -> None:
         ({"cam": {"train": {"epochz": 3}}}, "'epochz' was unexpected"),
         ({"cam": {"train": {"epochs": "five"}}}, "['cam']['train']['epochs']"),
         ({"dataset": {"kind": "imagenet", "root": "x"}}, "['dataset']['kind']"),
+        ({"resources": {"train": {"mem_mb": 0}}}, "['resources']['train']['mem_mb']"),
     ],
 )
 def test_bad_config_stops_naming_the_key(tmp_path: Path, override: dict, named: str) -> None:

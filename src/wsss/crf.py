@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class CRFParams:
-    """Reference defaults: 10 iterations, Gaussian sxy 3 / compat 3, bilateral sxy 80 /
-    srgb 13 / compat 10 (pixel and 0-255 colour units). Stages that run a CRF extend it."""
-
-    crf_iterations: int = 10
-    crf_gaussian_sxy: float = 3.0
-    crf_gaussian_compat: float = 3.0
-    crf_bilateral_sxy: float = 80.0
-    crf_bilateral_srgb: float = 13.0
-    crf_bilateral_compat: float = 10.0
+from wsss.settings import CRFParams
 
 
-def dense_crf(image: np.ndarray, scores: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
+def dense_crf(image: np.ndarray, scores: np.ndarray, params: CRFParams) -> np.ndarray:
     """Refine per-label scores with a dense CRF.
 
     image: uint8 RGB [H, W, 3]; scores: non-negative [L, H, W] (normalised per pixel into

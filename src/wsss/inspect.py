@@ -77,14 +77,30 @@ def _json(path: Path, limit: int) -> str:
 def _torch(path: Path) -> str:
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" in ckpt:
-        params = sum(v.numel() for v in ckpt["state_dict"].values() if v.is_floating_point())
-        fields = {k: v for k, v in ckpt.items() if k != "state_dict"}
-        return f"{path}: {ckpt.get('kind', '?')} model, {params / 1e6:.2f} M values; {fields}"
-    if "epoch" in ckpt:
+    from wsss.models.registry import FORMAT, read_model_file
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a bad or unsafe file
+        raise ValueError(f"{path}: not a readable torch file ({type(err).__name__})") from err
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        data = read_model_file(path)
+        values = sum(v.numel() for v in data["state_dict"].values() if v.is_floating_point())
+        prov = data.get("provenance", {})
+        return "\n".join(
+            [
+                f"{path}: '{data['kind']}' model (format version {data['version']}), "
+                f"{values / 1e6:.2f} M values",
+                f"arch: {data['arch']}",
+                f"labels ({len(data['label_names'])}): " + ", ".join(data["label_names"]),
+                f"trained {prov.get('epochs', '?')} epochs; written {prov.get('written', '?')}; "
+                f"settings fingerprint {prov.get('fingerprint', '?')}",
+            ]
+        )
+    if isinstance(ckpt, dict) and "epoch" in ckpt:
         return f"{path}: training state after epoch {ckpt['epoch']}"
-    return f"{path}: {type(ckpt).__name__} with keys {list(ckpt)[:10]}"
+    keys = list(ckpt)[:10] if isinstance(ckpt, dict) else []
+    return f"{path}: {type(ckpt).__name__} with keys {keys}"
 
 
 def _png(path: Path) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wsss.data.manifest import IGNORE
+from wsss.data.manifest import IGNORE, Manifest, Record
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray, num_labels: int) -> np.ndarray:
@@ -94,3 +94,21 @@ def maps_to_labels(
             raise ValueError("an image without labels has no label map when there is no background")
         stacked, values = maps, classes
     return values[np.argmax(stacked, 0)].astype(np.uint8)
+
+
+def floor_confusion(
+    records: Sequence[Record], gt_counts: np.ndarray, manifest: Manifest
+) -> np.ndarray:
+    """Confusion matrix of the trivial floor, from each image's ground-truth label counts.
+
+    Every pixel of an image is predicted as one value: background with a background class;
+    without one, the image's present class with the most pixels over the split.
+    """
+    prior = gt_counts.sum(0)
+    floor = np.zeros((manifest.num_labels,) * 2, np.int64)
+    for rec, counts in zip(records, gt_counts):
+        value = 0
+        if not manifest.has_background and rec.labels:
+            value = max(rec.labels, key=lambda c: prior[c + manifest.offset]) + manifest.offset
+        floor[:, value] += counts
+    return floor

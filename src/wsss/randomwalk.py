@@ -20,10 +20,22 @@ squaring of the N x N matrix), kept as a reference for tests and benchmarks.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from wsss.common import autocast
+from wsss.data.datasets import PAD_RGB
+from wsss.metrics import background_score
+
+if TYPE_CHECKING:
+    from wsss.models.affinitynet import AffinityNet
+
+GRID = 8  # stride of the affinity grid (pixels)
 
 
 def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
@@ -205,3 +217,61 @@ def dense_random_walk(
         transition, squared = squared, transition
     del squared
     return (transition @ cam.reshape(channels, n).t()).t().reshape(channels, height, width)
+
+
+def grid_average(maps: Tensor, grid: tuple[int, int]) -> Tensor:
+    """[C, H, W] -> [C, gh, gw]: mean of each 8x8 cell over the pixels inside the image."""
+    height, width = maps.shape[-2:]
+    pad = (0, grid[1] * GRID - width, 0, grid[0] * GRID - height)
+    total = F.avg_pool2d(F.pad(maps, pad)[None], GRID)[0]
+    inside = F.avg_pool2d(F.pad(torch.ones_like(maps[:1]), pad)[None], GRID)[0]
+    return total / inside
+
+
+@torch.no_grad()
+def affinity_features(model: AffinityNet, image: Tensor, amp: bool = False) -> Tensor:
+    """Image [3, H, W] in [0, 255] -> features [D, ceil(H/8), ceil(W/8)] (padded input)."""
+    height, width = image.shape[-2:]
+    gh, gw = -(-height // GRID), -(-width // GRID)
+    padded = torch.tensor(PAD_RGB).view(3, 1, 1).repeat(1, gh * GRID, gw * GRID)
+    padded[:, :height, :width] = image
+    device = next(model.parameters()).device
+    with autocast(device, amp):
+        features = model(padded[None].to(device))[0].float()
+    return features[:, :gh, :gw]
+
+
+def refine(
+    model: AffinityNet,
+    image: Tensor,
+    maps: np.ndarray,
+    has_background: bool,
+    radius: int,
+    beta: float,
+    logt: int,
+    alphas: Sequence[float],
+    amp: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Refined maps of one image (paper 3.3): foreground [K, gh, gw] and, with a background
+    class, one background map per alpha [A, gh, gw] (else None).
+
+    AffinityNet features on the stride-8 grid (image padded to a multiple of 8); CAMs
+    ``maps`` [K, H, W] averaged onto the same grid; with a background class, one channel
+    ``(1 - max_c M_c) ** alpha`` per alpha (at the image resolution, then averaged); then
+    ``T^t`` applied to all channels at once. The walk is linear, so walking one background
+    channel per alpha gives every alpha's refined maps in one pass.
+    """
+    features = affinity_features(model, image, amp)
+    grid = tuple(features.shape[-2:])
+    channels = [maps]
+    alphas = tuple(alphas) if has_background else ()
+    if alphas:
+        channels.insert(0, np.stack([background_score(maps, alpha=a) for a in alphas]))
+    stacked = torch.from_numpy(np.concatenate(channels).astype(np.float32))
+    if len(stacked) == 0:
+        walked = torch.zeros(0, *grid)
+    else:
+        cams = grid_average(stacked, grid).to(features.device)
+        walked = random_walk(cams, features, radius, beta, logt).cpu()
+    walked = walked.numpy()
+    return walked[len(alphas) :], (walked[: len(alphas)] if alphas else None)

@@ -5,30 +5,37 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from wsss.atomic import atomic_path
-from wsss.summary import STAGES
+from wsss.pipeline import all_steps
 
 
-def _load(metrics_dir: Path) -> dict[str, dict]:
-    return {
-        stem: json.loads((metrics_dir / f"{stem}.json").read_text())
-        for stem in STAGES
-        if (metrics_dir / f"{stem}.json").exists()
-    }
+def _load(files: Sequence[str | os.PathLike[str]]) -> dict[str, dict]:
+    """Metrics by step key (their ``stage`` entry), in the order given."""
+    found = {}
+    for path in files:
+        metrics = json.loads(Path(path).read_text())
+        found[metrics["stage"]] = metrics
+    return found
 
 
-def stage_table(metrics_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+def _title(key: str, metrics: dict) -> str:
+    step = all_steps().get(key)
+    return f"{step.title if step else key} ({metrics.get('split', '?')} split)"
+
+
+def stage_table(metrics: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> None:
     """An HTML table: one row per stage (mIoU, images, split, best background, floor), and
     the weak / full supervision ratio when both segmentation runs exist."""
-    found = _load(Path(metrics_dir))
+    found = _load(metrics)
     rows = []
     for stem, m in found.items():
         best = ", ".join(f"{k} {v:g}" for k, v in m.get("best", {}).items())
         floor = f"{m['floor']['miou']:.2f}" if "floor" in m else ""
         rows.append(
-            f"<tr><td>{html.escape(STAGES[stem])}</td><td>{m['miou']:.2f}</td>"
+            f"<tr><td>{html.escape(_title(stem, m))}</td><td>{m['miou']:.2f}</td>"
             f"<td>{m['num_images']}</td><td>{html.escape(best)}</td><td>{floor}</td></tr>"
         )
     if "seg" in found and "seg_full" in found:
@@ -48,7 +55,7 @@ def stage_table(metrics_dir: str | os.PathLike[str], out: str | os.PathLike[str]
         tmp.write_text(page)
 
 
-def per_class_plot(metrics_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+def per_class_plot(metrics: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> None:
     """Grouped bars of each class's IoU at every stage (PNG)."""
     import matplotlib
 
@@ -56,7 +63,7 @@ def per_class_plot(metrics_dir: str | os.PathLike[str], out: str | os.PathLike[s
     import matplotlib.pyplot as plt
     import numpy as np
 
-    found = _load(Path(metrics_dir))
+    found = _load(metrics)
     names = list(next(iter(found.values()))["per_class"])
     width = 0.8 / len(found)
     # About 0.12 inch a bar, between 6 and 16 inches wide.
@@ -64,7 +71,7 @@ def per_class_plot(metrics_dir: str | os.PathLike[str], out: str | os.PathLike[s
     x = np.arange(len(names))
     for i, (stem, m) in enumerate(found.items()):
         values = [m["per_class"].get(n) or 0.0 for n in names]
-        ax.bar(x + (i - (len(found) - 1) / 2) * width, values, width, label=STAGES[stem])
+        ax.bar(x + (i - (len(found) - 1) / 2) * width, values, width, label=_title(stem, m))
     ax.set_xticks(x, names, rotation=45, ha="right")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)

@@ -6,15 +6,7 @@ import json
 import os
 from pathlib import Path
 
-# Stages in pipeline order: metrics file stem -> what it scores.
-STAGES = {
-    "cam": "CAMs (train split)",
-    "aff_labels": "affinity labels, confident pixels only (train split)",
-    "rw": "random walk (train split)",
-    "pseudo": "pseudo-masks (train split)",
-    "seg": "segmentation, weak (val split)",
-    "seg_full": "segmentation, fully supervised bound (val split)",
-}
+from wsss.pipeline import all_steps
 
 
 def summarize(run_dir: str | os.PathLike[str]) -> str:
@@ -24,11 +16,12 @@ def summarize(run_dir: str | os.PathLike[str]) -> str:
     if not metrics_dir.is_dir():
         raise FileNotFoundError(f"{metrics_dir}: no metrics yet (has the workflow run?)")
     lines = [f"Results of {run}", "", f"{'stage':<50} {'mIoU':>6}  {'images':>6}  note"]
-    for stem, title in STAGES.items():
+    for stem, step in all_steps().items():
         path = metrics_dir / f"{stem}.json"
         if not path.exists():
             continue
         m = json.loads(path.read_text())
+        title = f"{step.title} ({m.get('split', '?')} split)"
         notes = []
         if m.get("best"):
             notes.append(", ".join(f"best {k} {v:g}" for k, v in m["best"].items()))

@@ -1,5 +1,6 @@
-"""What every training stage shares: seeding, devices, the poly schedule with learning-rate
-multipliers, frozen batch norm, and per-epoch checkpoints that a rerun resumes from."""
+"""The training skeleton every network's stage calls (:func:`train_network`): seeding, the
+backbone, augmentation, the poly schedule with learning-rate multipliers, frozen batch norm,
+per-epoch checkpoints that a rerun resumes from, and the model file at the end."""
 
 from __future__ import annotations
 
@@ -8,46 +9,23 @@ import json
 import logging
 import os
 import random
-import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from wsss.atomic import save_torch
+from wsss.common import autocast, pick_device, progress
+from wsss.data.datasets import Augment
+from wsss.models.backbones import Backbone, build_backbone
+from wsss.models.registry import save_model
+from wsss.settings import TrainParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """Settings every training stage takes; defaults are the CAM stage's reference ones
-    (the AffinityNet code: SGD, poly schedule, lr multipliers 1/2/10/20, 5e-4 decay)."""
-
-    split: str = "train"
-    backbone: str = "lite0"
-    weights: str = "imagenet"
-    output_stride: int = 16
-    epochs: int = 15
-    batch_size: int = 8
-    crop_size: int = 448
-    scale_range: tuple[float, float] = (0.5, 1.5)
-    jitter: float = 0.3
-    lr: float = 0.01
-    lr_multipliers: tuple[float, float, float, float] = (1.0, 2.0, 10.0, 20.0)
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    poly_power: float = 0.9
-    freeze_bn: bool = True
-    seed: int = 0
-    num_workers: int = 2
-    device: str = "auto"
-    amp: bool = True
 
 
 def train(
@@ -96,25 +74,63 @@ def train(
     )
 
 
+def train_network(
+    name: str,
+    params: TrainParams,
+    *,
+    device: str,
+    manifest: Path,
+    state_dir: Path,
+    out: Path,
+    build: Callable[[Backbone], nn.Module],
+    dataset: Callable[[Augment], Dataset],
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    kind: str,
+    arch: dict,
+    label_names: Sequence[str],
+    inputs: Sequence[Path] = (),
+) -> nn.Module:
+    """Train one network and write its model file; what every training stage calls.
+
+    ``build(backbone)`` makes the network around the backbone of ``params`` (it has
+    ``backbone`` and ``new_modules()``); ``dataset(augment)`` the training set;
+    ``loss(model, inputs, targets)`` the scalar loss of a batch. ``inputs``: files whose
+    contents the training depends on besides the manifest (label maps): a rerun resumes
+    from ``state_dir`` only if they and the settings are unchanged. ``kind``, ``arch`` and
+    ``label_names`` go into the model file (:mod:`wsss.models.registry`).
+    """
+    set_seed(params.seed)
+    torch_device = pick_device(device)
+    backbone = build_backbone(params.backbone, params.output_stride, params.weights)
+    model = build(backbone).to(torch_device)
+    data = dataset(Augment(params.crop_size, params.scale_range, True, params.jitter))
+    stamp = fingerprint(asdict(params), Path(manifest), *inputs)
+    checkpoints = EpochCheckpoints(state_dir, stamp)
+
+    def loss_fn(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return loss(model, images, targets)
+
+    train(model, data, loss_fn, params, checkpoints, torch_device, name)
+    arch = {"backbone": params.backbone, "output_stride": params.output_stride, **arch}
+    save_model(
+        out,
+        model.cpu(),
+        kind,
+        arch,
+        label_names,
+        fingerprint=stamp,
+        epochs=params.epochs,
+        settings=asdict(params),
+    )
+    log.info("wrote %s", out)
+    return model
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> the visible CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """Mixed precision (bfloat16) on CUDA when ``enabled``; a no-op on the CPU."""
-    return torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda"
-    )
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -259,19 +275,6 @@ def fit(
             bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{lr:.2e}", refresh=False)
         log.info("%s epoch %d/%d: loss %.4f", name, epoch + 1, epochs, total / max(seen, 1))
         checkpoints.save(model, optimizer, epoch + 1)
-
-
-def progress(iterable: Iterable, desc: str, unit: str) -> tqdm:
-    """A progress bar: live in a terminal, a line every 30 s in a log file."""
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        iterable,
-        desc=desc,
-        unit=unit,
-        mininterval=0.5 if interactive else 30,
-        dynamic_ncols=interactive,
-        ascii=not interactive,
-    )
 
 
 def make_loader(

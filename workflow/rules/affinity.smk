@@ -5,14 +5,14 @@
 
 rule affinity_labels:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        cams=f"{RUN}/cam/shard-{{shard}}.h5",
+        manifest=manifest,
+        cams=lambda wc: at(wc.exp, "cam", f"cam/shard-{wc.shard}.h5"),
     output:
-        directory(f"{RUN}/aff_labels/shard-{{shard}}"),
+        labels=directory(out("aff_labels/shard-{shard}")),
     params:
-        flags=flags(config["affinity"]["labels"]),
-        split=DATASET["train_split"],
-        num_shards=config["num_shards"],
+        flags=section("affinity", "labels"),
+        split=setting("dataset", "train_split"),
+        num_shards=setting("num_shards"),
     threads: 1
     resources:
         **config["resources"]["shard"],
@@ -20,40 +20,44 @@ rule affinity_labels:
         log("affinity_labels-{shard}"),
     benchmark:
         bench("affinity_labels-{shard}")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss affinity-labels --manifest {input.manifest} --cams {input.cams} --out {output}"
-        " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split}"
-        " {params.flags} > {log} 2>&1"
+        "wsss affinity-labels --manifest {input.manifest} --cams {input.cams}"
+        " --out {output.labels} --shard {wildcards.shard} --num-shards {params.num_shards}"
+        " --split {params.split} {params.flags} > {log} 2>&1"
 
 
 rule eval_aff_labels:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        labels=expand(f"{RUN}/aff_labels/shard-{{shard}}", shard=SHARDS),
+        manifest=manifest,
+        labels=lambda wc: shards(wc.exp, "aff_labels", "aff_labels/shard-{}"),
     output:
-        metrics("aff_labels"),
+        metrics=out("metrics/aff_labels.json"),
     params:
-        split=DATASET["eval_split"],
+        split=setting("dataset", "eval_split"),
     log:
         log("eval_aff_labels"),
     benchmark:
         bench("eval_aff_labels")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss eval-labels --manifest {input.manifest} --labels {input.labels} --out {output}"
-        " --stage aff_labels --split {params.split} > {log} 2>&1"
+        "wsss eval-labels --manifest {input.manifest} --labels {input.labels}"
+        " --out {output.metrics} --stage aff_labels --split {params.split} > {log} 2>&1"
 
 
 rule train_aff:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        labels=expand(f"{RUN}/aff_labels/shard-{{shard}}", shard=SHARDS),
+        manifest=manifest,
+        labels=lambda wc: shards(wc.exp, "aff_labels", "aff_labels/shard-{}"),
     output:
-        f"{RUN}/aff/model.pt",
+        model=out("aff/model.pt"),
     params:
-        flags=flags(config["affinity"]["train"]),
-        split=DATASET["train_split"],
-        device=config["device"],
-        state=f"{RUN}/aff/train-state",
+        flags=section("affinity", "train"),
+        split=setting("dataset", "train_split"),
+        device=setting("device"),
+        state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
     resources:
         gpu=1,
@@ -62,24 +66,26 @@ rule train_aff:
         log("train_aff"),
     benchmark:
         bench("train_aff")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss train-aff --manifest {input.manifest} --labels {input.labels} --out {output}"
-        " --state-dir {params.state} --split {params.split} --device {params.device}"
-        " {params.flags} > {log} 2>&1"
+        "wsss train-aff --manifest {input.manifest} --labels {input.labels}"
+        " --out {output.model} --state-dir {params.state} --split {params.split}"
+        " --device {params.device} {params.flags} > {log} 2>&1"
 
 
 rule random_walk:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        cams=f"{RUN}/cam/shard-{{shard}}.h5",
-        model=rules.train_aff.output[0],
+        manifest=manifest,
+        cams=lambda wc: at(wc.exp, "cam", f"cam/shard-{wc.shard}.h5"),
+        model=lambda wc: at(wc.exp, "aff_model", "aff/model.pt"),
     output:
-        f"{RUN}/rw/shard-{{shard}}.h5",
+        maps=out("rw/shard-{shard}.h5"),
     params:
-        flags=flags(config["affinity"]["random_walk"]),
-        split=DATASET["train_split"],
-        device=config["device"],
-        num_shards=config["num_shards"],
+        flags=section("affinity", "random_walk"),
+        split=setting("dataset", "train_split"),
+        device=setting("device"),
+        num_shards=setting("num_shards"),
     threads: config["threads"]["shard"]
     resources:
         gpu=1,
@@ -88,39 +94,43 @@ rule random_walk:
         log("random_walk-{shard}"),
     benchmark:
         bench("random_walk-{shard}")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
         "wsss random-walk --manifest {input.manifest} --cams {input.cams} --model {input.model}"
-        " --out {output} --shard {wildcards.shard} --num-shards {params.num_shards}"
+        " --out {output.maps} --shard {wildcards.shard} --num-shards {params.num_shards}"
         " --split {params.split} --device {params.device} {params.flags} > {log} 2>&1"
 
 
 rule eval_rw:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        maps=expand(f"{RUN}/rw/shard-{{shard}}.h5", shard=SHARDS),
+        manifest=manifest,
+        maps=lambda wc: shards(wc.exp, "rw", "rw/shard-{}.h5"),
     output:
-        metrics("rw"),
+        metrics=out("metrics/rw.json"),
     params:
-        split=DATASET["eval_split"],
+        split=setting("dataset", "eval_split"),
     log:
         log("eval_rw"),
     benchmark:
         bench("eval_rw")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss eval-maps --manifest {input.manifest} --maps {input.maps} --out {output}"
+        "wsss eval-maps --manifest {input.manifest} --maps {input.maps} --out {output.metrics}"
         " --stage rw --split {params.split} > {log} 2>&1"
 
 
 rule pseudo_masks:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        maps=f"{RUN}/rw/shard-{{shard}}.h5",
+        manifest=manifest,
+        maps=lambda wc: at(wc.exp, "rw", f"rw/shard-{wc.shard}.h5"),
     output:
-        directory(f"{RUN}/pseudo/shard-{{shard}}"),
+        masks=directory(out("pseudo/shard-{shard}")),
     params:
-        flags=flags(config["pseudo"]),
-        split=DATASET["train_split"],
-        num_shards=config["num_shards"],
+        flags=section("pseudo"),
+        split=setting("dataset", "train_split"),
+        num_shards=setting("num_shards"),
     threads: 1
     resources:
         **config["resources"]["shard"],
@@ -128,24 +138,28 @@ rule pseudo_masks:
         log("pseudo_masks-{shard}"),
     benchmark:
         bench("pseudo_masks-{shard}")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss pseudo-masks --manifest {input.manifest} --maps {input.maps} --out {output}"
+        "wsss pseudo-masks --manifest {input.manifest} --maps {input.maps} --out {output.masks}"
         " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split}"
         " {params.flags} > {log} 2>&1"
 
 
 rule eval_pseudo:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        labels=expand(f"{RUN}/pseudo/shard-{{shard}}", shard=SHARDS),
+        manifest=manifest,
+        labels=lambda wc: shards(wc.exp, "pseudo", "pseudo/shard-{}"),
     output:
-        metrics("pseudo"),
+        metrics=out("metrics/pseudo.json"),
     params:
-        split=DATASET["eval_split"],
+        split=setting("dataset", "eval_split"),
     log:
         log("eval_pseudo"),
     benchmark:
         bench("eval_pseudo")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss eval-labels --manifest {input.manifest} --labels {input.labels} --out {output}"
-        " --stage pseudo --split {params.split} > {log} 2>&1"
+        "wsss eval-labels --manifest {input.manifest} --labels {input.labels}"
+        " --out {output.metrics} --stage pseudo --split {params.split} > {log} 2>&1"

@@ -3,14 +3,14 @@
 
 rule train_cam:
     input:
-        manifest=rules.prepare_dataset.output[0],
+        manifest=manifest,
     output:
-        f"{RUN}/cam/model.pt",
+        model=out("cam/model.pt"),
     params:
-        flags=flags(config["cam"]["train"]),
-        split=DATASET["train_split"],
-        device=config["device"],
-        state=f"{RUN}/cam/train-state",
+        flags=section("cam", "train"),
+        split=setting("dataset", "train_split"),
+        device=setting("device"),
+        state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
     resources:
         gpu=1,
@@ -19,22 +19,25 @@ rule train_cam:
         log("train_cam"),
     benchmark:
         bench("train_cam")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss train-cam --manifest {input.manifest} --out {output} --state-dir {params.state}"
-        " --split {params.split} --device {params.device} {params.flags} > {log} 2>&1"
+        "wsss train-cam --manifest {input.manifest} --out {output.model}"
+        " --state-dir {params.state} --split {params.split} --device {params.device}"
+        " {params.flags} > {log} 2>&1"
 
 
 rule infer_cam:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        model=rules.train_cam.output[0],
+        manifest=manifest,
+        model=lambda wc: at(wc.exp, "cam_model", "cam/model.pt"),
     output:
-        f"{RUN}/cam/shard-{{shard}}.h5",
+        maps=out("cam/shard-{shard}.h5"),
     params:
-        flags=flags(config["cam"]["infer"]),
-        split=DATASET["train_split"],
-        device=config["device"],
-        num_shards=config["num_shards"],
+        flags=section("cam", "infer"),
+        split=setting("dataset", "train_split"),
+        device=setting("device"),
+        num_shards=setting("num_shards"),
     threads: config["threads"]["shard"]
     resources:
         gpu=1,
@@ -43,25 +46,29 @@ rule infer_cam:
         log("infer_cam-{shard}"),
     benchmark:
         bench("infer_cam-{shard}")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss infer-cam --manifest {input.manifest} --model {input.model} --out {output}"
+        "wsss infer-cam --manifest {input.manifest} --model {input.model} --out {output.maps}"
         " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split}"
         " --device {params.device} {params.flags} > {log} 2>&1"
 
 
 rule eval_cam:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        maps=expand(f"{RUN}/cam/shard-{{shard}}.h5", shard=SHARDS),
+        manifest=manifest,
+        maps=lambda wc: shards(wc.exp, "cam", "cam/shard-{}.h5"),
     output:
-        metrics("cam"),
+        metrics=out("metrics/cam.json"),
     params:
-        flags=flags(config["cam"]["eval"]),
-        split=DATASET["eval_split"],
+        flags=section("cam", "eval"),
+        split=setting("dataset", "eval_split"),
     log:
         log("eval_cam"),
     benchmark:
         bench("eval_cam")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss eval-maps --manifest {input.manifest} --maps {input.maps} --out {output}"
+        "wsss eval-maps --manifest {input.manifest} --maps {input.maps} --out {output.metrics}"
         " --stage cam --split {params.split} {params.flags} > {log} 2>&1"

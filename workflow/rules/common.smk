@@ -1,39 +1,117 @@
-# Paths of a run and the translation of config sections into command-line flags.
+# Experiments, the paths of their artefacts, and config sections as command-line flags.
+#
+# Every artefact lives under results/<experiment>/ (results/<run>/ without `experiments:`).
+# A job of experiment E reads an artefact from the directory of the first experiment whose
+# settings agree with E's up to that artefact (wsss.experiments.owner), so each distinct
+# artefact is computed once.
 
 import os
+import re
 import sys
+
+from wsss import experiments, pipeline
+from wsss.config_check import check_config
 
 # Jobs call `wsss`: find it next to the Python that runs Snakemake (a conda env, when
 # used, is activated inside the job and comes first).
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+BIN = os.path.dirname(sys.executable)
+os.environ.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 
-RUN = f"{config['results']}/{config['run']}"
-SHARDS = list(range(config["num_shards"]))
-DATASET = config["dataset"]
+RESULTS = config["results"]
+EXPERIMENTS = experiments.expand(config)
+for _exp in EXPERIMENTS.values():
+    validate(_exp.config, "../schemas/config.schema.yaml")
+    check_config(_exp.config, os.getcwd())
+COMPARE = bool(config.get("experiments"))
+COMPARISON = f"{RESULTS}/{config['run']}/comparison"
+
+
+wildcard_constraints:
+    exp="|".join(re.escape(path) for path in EXPERIMENTS),
+    shard="[0-9]+",
+
+
+def cfg(wildcards) -> dict:
+    """The settings of the job's experiment."""
+    return EXPERIMENTS[wildcards.exp].config
+
+
+def out(relative: str) -> str:
+    """An output path of the job's own experiment."""
+    return f"{RESULTS}/{{exp}}/{relative}"
+
+
+def at(exp: str, artefact: str, relative: str) -> str:
+    """Where experiment ``exp`` finds ``artefact`` (in its owner's directory)."""
+    return f"{RESULTS}/{experiments.owner(EXPERIMENTS, exp, artefact)}/{relative}"
+
+
+def shards(exp: str, artefact: str, pattern: str) -> list[str]:
+    """Every shard of a sharded artefact, e.g. pattern 'cam/shard-{}.h5'."""
+    owner = experiments.owner(EXPERIMENTS, exp, artefact)
+    count = EXPERIMENTS[owner].config["num_shards"]
+    return [f"{RESULTS}/{owner}/{pattern.format(k)}" for k in range(count)]
+
+
+def manifest(wildcards) -> str:
+    return at(wildcards.exp, "dataset", "dataset.json")
 
 
 def flags(section: dict) -> str:
     """`--key value` for every entry of a config section (lists space-separated,
     booleans as --key / --no-key), the form every `wsss <stage>` command accepts."""
-    out = []
+    parts = []
     for key, value in section.items():
-        flag = "--" + key.replace("_", "-")
+        name = key.replace("_", "-")
         if isinstance(value, bool):
-            out.append(flag if value else "--no-" + key.replace("_", "-"))
+            parts.append(f"--{name}" if value else f"--no-{name}")
         elif isinstance(value, (list, tuple)):
-            out.append(flag + " " + " ".join(str(v) for v in value))
+            parts.append(f"--{name} {' '.join(str(v) for v in value)}")
         else:
-            out.append(f"{flag} {value}")
-    return " ".join(out)
+            parts.append(f"--{name} {value}")
+    return " ".join(parts)
 
 
-def metrics(stage: str) -> str:
-    return f"{RUN}/metrics/{stage}.json"
+def section(*keys: str):
+    """A params function: the flags of one config section of the job's experiment."""
+    return lambda wildcards: flags(experiments.lookup(cfg(wildcards), ".".join(keys)))
+
+
+def setting(*keys: str):
+    """A params function: one setting of the job's experiment."""
+    return lambda wildcards: experiments.lookup(cfg(wildcards), ".".join(keys))
+
+
+def metrics_of(exp: str) -> list[str]:
+    """The metrics files of every scored step of an experiment, in pipeline order."""
+    return [
+        at(exp, step.artefact, f"metrics/{step.key}.json")
+        for step in pipeline.steps_of(EXPERIMENTS[exp].config)
+    ]
 
 
 def log(name: str) -> str:
-    return f"{RUN}/logs/{name}.log"
+    return f"{RESULTS}/{{exp}}/logs/{name}.log"
 
 
 def bench(name: str) -> str:
-    return f"{RUN}/benchmarks/{name}.tsv"
+    return f"{RESULTS}/{{exp}}/benchmarks/{name}.tsv"
+
+
+def dataset_root(wildcards) -> list[str]:
+    """The generated demo dataset, when the experiment uses it (an input to wait for)."""
+    data = cfg(wildcards)["dataset"]
+    return [data["root"]] if data["kind"] == "demo" else []
+
+
+def dataset_splits(wildcards) -> str:
+    """Every split the experiment uses, once each."""
+    data = cfg(wildcards)["dataset"]
+    return " ".join(dict.fromkeys([data["train_split"], data["eval_split"], data["val_split"]]))
+
+
+def seg_labels(wildcards) -> list[str]:
+    """The pseudo-mask directories (weak supervision); none for the bound."""
+    if wildcards.model == "seg_full":
+        return []
+    return shards(wildcards.exp, "pseudo", "pseudo/shard-{}")

@@ -2,40 +2,40 @@
 # later stage reads instead of the dataset itself.
 
 
-if DATASET["kind"] == "demo":
+if config["dataset"]["kind"] == "demo":
 
     rule make_demo:
         output:
-            directory(DATASET["root"]),
+            root=directory(config["dataset"]["root"]),
         params:
             flags=flags(config["demo"]),
         log:
-            log("make_demo"),
+            f"{RESULTS}/{config['run']}/logs/make_demo.log",
         benchmark:
-            bench("make_demo")
+            f"{RESULTS}/{config['run']}/benchmarks/make_demo.tsv"
+        conda:
+            "../../envs/wsss.yaml"
         shell:
-            "wsss make-demo --out {output} {params.flags} > {log} 2>&1"
+            "wsss make-demo --out {output.root} {params.flags} > {log} 2>&1"
 
 
 rule prepare_dataset:
     input:
-        DATASET["root"] if DATASET["kind"] == "demo" else [],
+        root=dataset_root,
     output:
-        f"{RUN}/dataset.json",
+        manifest=out("dataset.json"),
     params:
-        kind=DATASET["kind"],
-        root=DATASET["root"],
-        splits=" ".join(
-            dict.fromkeys(
-                [DATASET["train_split"], DATASET["eval_split"], DATASET["val_split"]]
-            )
-        ),
-        options=json.dumps(DATASET["options"]),
-        check=("--check-pixels" if DATASET["check_pixels"] else "--no-check-pixels"),
+        kind=setting("dataset", "kind"),
+        root=setting("dataset", "root"),
+        splits=dataset_splits,
+        options=lambda wc: json.dumps(cfg(wc)["dataset"]["options"]),
+        check=lambda wc: flags({"check_pixels": cfg(wc)["dataset"]["check_pixels"]}),
     log:
         log("prepare_dataset"),
     benchmark:
         bench("prepare_dataset")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss prepare --kind {params.kind} --root {params.root} --out {output}"
+        "wsss prepare --kind {params.kind} --root {params.root} --out {output.manifest}"
         " --splits {params.splits} --options '{params.options}' {params.check} > {log} 2>&1"

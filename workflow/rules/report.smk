@@ -1,50 +1,53 @@
-# Figures for `snakemake --report report.html`: the stage table, per-class IoU, examples.
+# Figures for `snakemake --report report.html`: per experiment the stage table, per-class
+# IoU and examples; with `experiments:`, their comparison.
 
 
 rule report_figures:
     input:
-        metrics=[
-            metrics(stage)
-            for stage in ["cam", "aff_labels", "rw", "pseudo", "seg"]
-            + (["seg_full"] if config["seg"]["full_bound"] else [])
-        ],
+        metrics=lambda wc: metrics_of(wc.exp),
     output:
         table=report(
-            f"{RUN}/report/stages.html",
+            out("report/stages.html"),
             caption="../report/stages.rst",
             category="1. Scores",
+            subcategory="{exp}",
+            labels={"experiment": "{exp}", "figure": "stage table"},
         ),
         plot=report(
-            f"{RUN}/report/per_class.png",
+            out("report/per_class.png"),
             caption="../report/per_class.rst",
             category="1. Scores",
+            subcategory="{exp}",
+            labels={"experiment": "{exp}", "figure": "per-class IoU"},
         ),
-    params:
-        metrics=f"{RUN}/metrics",
     log:
         log("report_figures"),
     benchmark:
         bench("report_figures")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss report-figures --metrics {params.metrics} --table {output.table}"
+        "wsss report-figures --metrics {input.metrics} --table {output.table}"
         " --plot {output.plot} > {log} 2>&1"
 
 
 rule report_examples:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        cams=expand(f"{RUN}/cam/shard-{{shard}}.h5", shard=SHARDS),
-        aff=expand(f"{RUN}/aff_labels/shard-{{shard}}", shard=SHARDS),
-        pseudo=expand(f"{RUN}/pseudo/shard-{{shard}}", shard=SHARDS),
-        model=f"{RUN}/seg/model.pt",
+        manifest=manifest,
+        cams=lambda wc: shards(wc.exp, "cam", "cam/shard-{}.h5"),
+        aff=lambda wc: shards(wc.exp, "aff_labels", "aff_labels/shard-{}"),
+        pseudo=lambda wc: shards(wc.exp, "pseudo", "pseudo/shard-{}"),
+        model=lambda wc: at(wc.exp, "seg_model", "seg/model.pt"),
     output:
-        report(
-            f"{RUN}/report/examples.png",
+        panel=report(
+            out("report/examples.png"),
             caption="../report/examples.rst",
             category="2. Examples",
+            subcategory="{exp}",
+            labels={"experiment": "{exp}", "figure": "examples"},
         ),
     params:
-        split=DATASET["eval_split"],
+        split=setting("dataset", "eval_split"),
         labels=lambda wc, input: " ".join(
             [f"'affinity labels={d}'" for d in input.aff]
             + [f"'pseudo-mask={d}'" for d in input.pseudo]
@@ -53,7 +56,9 @@ rule report_examples:
         log("report_examples"),
     benchmark:
         bench("report_examples")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss figure --manifest {input.manifest} --split {params.split} --out {output}"
+        "wsss figure --manifest {input.manifest} --split {params.split} --out {output.panel}"
         " --cams {input.cams} --labels {params.labels} --model {input.model} --count 6"
         " > {log} 2>&1"

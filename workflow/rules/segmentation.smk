@@ -7,25 +7,18 @@ wildcard_constraints:
     model="seg|seg_full",
 
 
-def seg_labels(wildcards) -> list[str]:
-    """The pseudo-mask directories (weak supervision); none for the bound."""
-    if wildcards.model == "seg_full":
-        return []
-    return expand(f"{RUN}/pseudo/shard-{{shard}}", shard=SHARDS)
-
-
 rule train_seg:
     input:
-        manifest=rules.prepare_dataset.output[0],
+        manifest=manifest,
         labels=seg_labels,
     output:
-        f"{RUN}/{{model}}/model.pt",
+        model=out("{model}/model.pt"),
     params:
-        flags=flags(config["seg"]["train"]),
+        flags=section("seg", "train"),
         supervision=lambda wc: "full" if wc.model == "seg_full" else "weak",
-        split=DATASET["train_split"],
-        device=config["device"],
-        state=lambda wc: f"{RUN}/{wc.model}/train-state",
+        split=setting("dataset", "train_split"),
+        device=setting("device"),
+        state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
     resources:
         gpu=1,
@@ -34,23 +27,25 @@ rule train_seg:
         log("train_{model}"),
     benchmark:
         bench("train_{model}")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss train-seg --manifest {input.manifest} --labels {input.labels} --out {output}"
-        " --state-dir {params.state} --supervision {params.supervision} --split {params.split}"
-        " --device {params.device} {params.flags} > {log} 2>&1"
+        "wsss train-seg --manifest {input.manifest} --labels {input.labels}"
+        " --out {output.model} --state-dir {params.state} --supervision {params.supervision}"
+        " --split {params.split} --device {params.device} {params.flags} > {log} 2>&1"
 
 
 rule infer_seg:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        model=f"{RUN}/{{model}}/model.pt",
+        manifest=manifest,
+        model=lambda wc: at(wc.exp, f"{wc.model}_model", f"{wc.model}/model.pt"),
     output:
-        directory(f"{RUN}/pred/{{model}}/shard-{{shard}}"),
+        labels=directory(out("pred/{model}/shard-{shard}")),
     params:
-        flags=flags(config["seg"]["infer"]),
-        split=DATASET["val_split"],
-        device=config["device"],
-        num_shards=config["num_shards"],
+        flags=section("seg", "infer"),
+        split=setting("dataset", "val_split"),
+        device=setting("device"),
+        num_shards=setting("num_shards"),
     threads: config["threads"]["shard"]
     resources:
         gpu=1,
@@ -59,24 +54,28 @@ rule infer_seg:
         log("infer_{model}-{shard}"),
     benchmark:
         bench("infer_{model}-{shard}")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss infer-seg --manifest {input.manifest} --model {input.model} --out {output}"
+        "wsss infer-seg --manifest {input.manifest} --model {input.model} --out {output.labels}"
         " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split}"
         " --device {params.device} {params.flags} > {log} 2>&1"
 
 
 rule eval_seg:
     input:
-        manifest=rules.prepare_dataset.output[0],
-        labels=expand(f"{RUN}/pred/{{{{model}}}}/shard-{{shard}}", shard=SHARDS),
+        manifest=manifest,
+        labels=lambda wc: shards(wc.exp, f"{wc.model}_pred", f"pred/{wc.model}/shard-{{}}"),
     output:
-        metrics("{model}"),
+        metrics=out("metrics/{model}.json"),
     params:
-        split=DATASET["val_split"],
+        split=setting("dataset", "val_split"),
     log:
         log("eval_{model}"),
     benchmark:
         bench("eval_{model}")
+    conda:
+        "../../envs/wsss.yaml"
     shell:
-        "wsss eval-labels --manifest {input.manifest} --labels {input.labels} --out {output}"
-        " --stage {wildcards.model} --split {params.split} > {log} 2>&1"
+        "wsss eval-labels --manifest {input.manifest} --labels {input.labels}"
+        " --out {output.metrics} --stage {wildcards.model} --split {params.split} > {log} 2>&1"

@@ -8,8 +8,6 @@ with the channel mean of the released code): see :func:`wsss.randomwalk.pairwise
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -110,26 +108,9 @@ def affinity_loss(
     return total / max(weight, 1e-8), stats
 
 
-def affinity_checkpoint(model: AffinityNet, backbone: str, output_stride: int) -> dict:
-    """The final AffinityNet file: architecture + weights (weights_only-safe)."""
-    return {
-        "kind": "affinity",
-        "backbone": backbone,
-        "output_stride": output_stride,
-        "widths": model.widths,
-        "state_dict": model.state_dict(),
-    }
-
-
-def load_affinity_model(
-    path: str | os.PathLike[str], device: torch.device | str = "cpu"
-) -> AffinityNet:
-    """Rebuild an :class:`AffinityNet` from a file written by the train-aff stage."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "affinity":
-        raise ValueError(f"{path}: not an AffinityNet model file")
-    model = AffinityNet(
-        build_backbone(ckpt["backbone"], ckpt["output_stride"], weights=None), ckpt["widths"]
+def from_arch(arch: dict, num_labels: int) -> AffinityNet:
+    """An :class:`AffinityNet` as ``arch`` describes it (random weights; class-agnostic, so
+    ``num_labels`` is not used)."""
+    return AffinityNet(
+        build_backbone(arch["backbone"], arch["output_stride"], weights=None), arch["widths"]
     )
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval()

@@ -7,8 +7,6 @@ that the same weights give the image logits (after pooling) and the maps (before
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor, nn
 
@@ -50,26 +48,7 @@ class CAMNet(nn.Module):
         return torch.relu(self.classifier(self.features(images)))
 
 
-def cam_checkpoint(
-    model: CAMNet, backbone: str, output_stride: int, head_channels: int, classes: list[str]
-) -> dict:
-    """The final CAM model file: architecture description + weights (weights_only-safe)."""
-    return {
-        "kind": "cam",
-        "backbone": backbone,
-        "output_stride": output_stride,
-        "head_channels": head_channels,
-        "classes": list(classes),
-        "state_dict": model.state_dict(),
-    }
-
-
-def load_cam_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> CAMNet:
-    """Rebuild a :class:`CAMNet` from a file written by the train-cam stage."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "cam":
-        raise ValueError(f"{path}: not a CAM model file (kind={ckpt.get('kind')!r})")
-    backbone = build_backbone(ckpt["backbone"], ckpt["output_stride"], weights=None)
-    model = CAMNet(backbone, len(ckpt["classes"]), ckpt["head_channels"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval()
+def from_arch(arch: dict, num_labels: int) -> CAMNet:
+    """A :class:`CAMNet` of ``num_labels`` classes as ``arch`` describes it (random weights)."""
+    backbone = build_backbone(arch["backbone"], arch["output_stride"], weights=None)
+    return CAMNet(backbone, num_labels, arch["head_channels"])

@@ -11,9 +11,6 @@ Heads (``head``):
 
 from __future__ import annotations
 
-import os
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
@@ -77,34 +74,8 @@ class SegNet(nn.Module):
         return F.interpolate(logits, images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def seg_checkpoint(model: SegNet, arch: dict, label_names: list[str]) -> dict:
-    """The final segmentation model file: architecture, label names, weights."""
-    return {
-        "kind": "seg",
-        **arch,
-        "label_names": list(label_names),
-        "state_dict": model.state_dict(),
-    }
-
-
-def load_seg_model(
-    path: str | os.PathLike[str], device: torch.device | str = "cpu"
-) -> tuple[SegNet, list[str]]:
-    """Rebuild a :class:`SegNet` from a file written by the train-seg stage; also returns
-    the name of each label (output channel)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a bad file
-        raise ValueError(f"{path}: not a readable model file ({err})") from err
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "seg":
-        raise ValueError(f"{path}: not a segmentation model file")
-    backbone = build_backbone(ckpt["backbone"], ckpt["output_stride"], weights=None)
-    model = SegNet(
-        backbone,
-        len(ckpt["label_names"]),
-        ckpt["head"],
-        ckpt["head_channels"],
-        ckpt["head_dilation"],
-    )
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), ckpt["label_names"]
+def from_arch(arch: dict, num_labels: int) -> SegNet:
+    """A :class:`SegNet` with ``num_labels`` outputs as ``arch`` describes it (random
+    weights)."""
+    backbone = build_backbone(arch["backbone"], arch["output_stride"], weights=None)
+    return SegNet(backbone, num_labels, arch["head"], arch["head_channels"], arch["head_dilation"])

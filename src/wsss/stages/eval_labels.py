@@ -4,54 +4,46 @@ scored; ``coverage`` is the share of scored ground-truth pixels that are not neu
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from wsss.atomic import write_json
-from wsss.data.manifest import IGNORE, DatasetError, Manifest, read_mask
-from wsss.metrics import confusion, scores
-from wsss.training import progress
-
-log = logging.getLogger(__name__)
+from wsss.settings import MANIFEST_HELP
+from wsss.stage import Stage, arg
 
 
-def find_labels(dirs: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
-    """id -> PNG path over shard directories; an id found twice is an error."""
-    found: dict[str, Path] = {}
-    for directory in dirs:
-        for path in sorted(Path(directory).rglob("*.png")):
-            image_id = path.relative_to(directory).with_suffix("").as_posix()
-            if image_id in found:
-                raise DatasetError(f"{path}: image '{image_id}' is also in {found[image_id]}")
-            found[image_id] = path
-    return found
+@dataclass(frozen=True, kw_only=True)
+class IO:
+    manifest: Path = arg(help=MANIFEST_HELP)
+    labels: tuple[Path, ...] = arg(help="directories of <id>.png label maps")
+    out: Path = arg(help="metrics JSON to write")
+    stage: str = arg(help="name recorded in the metrics (aff_labels, pseudo, seg)")
+    split: str = arg("train", "split to score (its images with masks)")
 
 
-def run(
-    manifest_path: str | os.PathLike[str],
-    label_dirs: Sequence[str | os.PathLike[str]],
-    out: str | os.PathLike[str],
-    stage: str,
-    split: str,
-) -> dict:
-    """Score ``<id>.png`` of every image of ``split`` with a mask; write JSON to ``out``."""
-    manifest = Manifest.load(manifest_path)
-    records = manifest.with_masks(split)
-    labels = find_labels(label_dirs)
+def run(io: IO, params: None = None) -> dict:
+    """Score ``<id>.png`` of every image of the split with a mask; write JSON to ``io.out``."""
+    import logging
+
+    import numpy as np
+
+    from wsss.atomic import write_json
+    from wsss.common import find_labels, progress
+    from wsss.data.manifest import IGNORE, DatasetError, Manifest, read_mask
+    from wsss.metrics import confusion, scores
+
+    manifest = Manifest.load(io.manifest)
+    records = manifest.with_masks(io.split)
+    labels = find_labels(io.labels)
     missing = [r.id for r in records if r.id not in labels]
     if missing:
         raise DatasetError(
-            f"{len(missing)} images of '{split}' have no label map in "
-            f"{', '.join(map(str, label_dirs))}: {missing[:5]}"
+            f"{len(missing)} images of '{io.split}' have no label map in "
+            f"{', '.join(map(str, io.labels))}: {missing[:5]}"
         )
     n = manifest.num_labels
     conf = np.zeros((n, n), np.int64)
     valid_pixels = 0
-    for rec in progress(records, f"eval {stage}", "img"):
+    for rec in progress(records, f"eval {io.stage}", "img"):
         gt = read_mask(rec.mask)
         pred = read_mask(labels[rec.id])
         if pred.shape != gt.shape:
@@ -62,21 +54,24 @@ def run(
         gt = np.where(pred == IGNORE, IGNORE, gt)
         conf += confusion(np.where(pred == IGNORE, 0, pred), gt, n)
     result = {
-        "stage": stage,
-        "split": split,
+        "stage": io.stage,
+        "split": io.split,
         "num_images": len(records),
         **scores(conf, manifest.label_names),
         "coverage": round(100 * int(conf.sum()) / max(valid_pixels, 1), 2),
         "confusion": conf.tolist(),
         "labels": manifest.label_names,
     }
-    write_json(out, result)
-    log.info(
+    write_json(io.out, result)
+    logging.getLogger(__name__).info(
         "%s mIoU %.2f (coverage %.1f%%) on %d images of '%s'",
-        stage,
+        io.stage,
         result["miou"],
         result["coverage"],
         len(records),
-        split,
+        io.split,
     )
     return result
+
+
+STAGE = Stage("eval-labels", "score label-map PNGs against the ground truth", IO, None, run)

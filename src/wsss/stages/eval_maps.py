@@ -3,61 +3,69 @@
 With a background class the maps are decoded with every background value of a sweep
 (alpha of ``(1 - max M) ** alpha``, or a flat threshold; for refined maps, the background
 maps stored per alpha); the best value and the whole curve are kept. Without one, each
-pixel takes the argmax over the image's present classes. Also scored: the trivial floor,
-where every pixel gets background (with a background class) or the image's present class
-that covers most pixels in the split (without).
+pixel takes the argmax over the image's present classes. Also scored: the trivial floor
+(:func:`wsss.metrics.floor_confusion`).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
-
-from wsss.atomic import write_json
-from wsss.data.manifest import IGNORE, Manifest, Record, read_mask
-from wsss.metrics import confusion, maps_to_labels, scores
-from wsss.store import MapsReader
-from wsss.training import progress
-
-log = logging.getLogger(__name__)
+from wsss.settings import MANIFEST_HELP
+from wsss.stage import Stage, arg
 
 
-@dataclass(frozen=True)
-class EvalMapsParams:
-    """Which split to score and the background sweep (``bg_mode``: alpha | threshold)."""
+@dataclass(frozen=True, kw_only=True)
+class IO:
+    manifest: Path = arg(help=MANIFEST_HELP)
+    maps: tuple[Path, ...] = arg(help="maps shard files (HDF5)")
+    out: Path = arg(help="metrics JSON to write")
+    stage: str = arg(help="name recorded in the metrics (cam, rw)")
+    split: str = arg("train", "split to score (its images with masks)")
 
-    split: str = "train"
-    bg_mode: str = "alpha"
-    bg_values: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0)
+
+@dataclass(frozen=True, kw_only=True)
+class Params:
+    """The background sweep (``bg_mode``: alpha | threshold)."""
+
+    bg_mode: str = arg(
+        "alpha",
+        "background: (1 - max M)^alpha, or a flat threshold",
+        choices=("alpha", "threshold"),
+    )
+    bg_values: tuple[float, ...] = arg(
+        (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0), "background values swept (alphas or thresholds)"
+    )
 
 
-def run(
-    manifest_path: str | os.PathLike[str],
-    maps_paths: Sequence[str | os.PathLike[str]],
-    out: str | os.PathLike[str],
-    stage: str,
-    params: EvalMapsParams,
-) -> dict:
-    """Score the maps of every image of the split that has a mask; write JSON to ``out``."""
+def run(io: IO, params: Params) -> dict:
+    """Score the maps of every image of the split that has a mask; write JSON to ``io.out``."""
+    import logging
+
+    import numpy as np
+
+    from wsss.atomic import write_json
+    from wsss.common import progress
+    from wsss.data.manifest import IGNORE, Manifest, read_mask
+    from wsss.metrics import confusion, floor_confusion, maps_to_labels, scores
+    from wsss.store import MapsReader
+
     if params.bg_mode not in ("alpha", "threshold"):
         raise ValueError(f"bg_mode must be 'alpha' or 'threshold', not '{params.bg_mode}'")
-    manifest = Manifest.load(manifest_path)
-    records = manifest.with_masks(params.split)
+    manifest = Manifest.load(io.manifest)
+    records = manifest.with_masks(io.split)
     n = manifest.num_labels
     gt_counts = np.zeros((len(records), n), np.int64)  # pixels of each label value per image
 
-    with MapsReader(maps_paths) as reader:
+    with MapsReader(io.maps) as reader:
         reader.check_covers([r.id for r in records])
         mode = "alpha" if reader.alphas else params.bg_mode
-        values: Sequence[float | None] = [None]
+        values: list[float | None] = [None]
         if manifest.has_background:
-            values = reader.alphas or params.bg_values
+            values = list(reader.alphas or params.bg_values)
         confs = {v: np.zeros((n, n), np.int64) for v in values}
-        for i, rec in enumerate(progress(records, f"eval {stage}", "img")):
+        for i, rec in enumerate(progress(records, f"eval {io.stage}", "img")):
             gt = read_mask(rec.mask)
             gt_counts[i] = np.bincount(gt[gt != IGNORE].ravel(), minlength=n)[:n]
             item = reader[rec.id].at_image_size()
@@ -72,10 +80,10 @@ def run(
     mious = {v: scores(c, manifest.label_names)["miou"] for v, c in confs.items()}
     curve = [{mode: v, "miou": m} for v, m in mious.items() if v is not None]
     best = max(values, key=mious.__getitem__)
-    floor = _floor_confusion(records, gt_counts, manifest)
+    floor = floor_confusion(records, gt_counts, manifest)
     result = {
-        "stage": stage,
-        "split": params.split,
+        "stage": io.stage,
+        "split": io.split,
         "num_images": len(records),
         **scores(confs[best], manifest.label_names),
         "best": {mode: best} if best is not None else {},
@@ -88,31 +96,16 @@ def run(
             if k in ("miou", "per_class")
         },
     }
-    write_json(out, result)
-    log.info(
+    write_json(io.out, result)
+    logging.getLogger(__name__).info(
         "%s mIoU %.2f (floor %.2f) on %d images of '%s'",
-        stage,
+        io.stage,
         result["miou"],
         result["floor"]["miou"],
         len(records),
-        params.split,
+        io.split,
     )
     return result
 
 
-def _floor_confusion(
-    records: Sequence[Record], gt_counts: np.ndarray, manifest: Manifest
-) -> np.ndarray:
-    """Confusion matrix of the trivial floor, from each image's ground-truth label counts.
-
-    Every pixel of an image is predicted as one value: background with a background class;
-    without one, the image's present class with the most pixels over the split.
-    """
-    prior = gt_counts.sum(0)
-    floor = np.zeros((manifest.num_labels,) * 2, np.int64)
-    for rec, counts in zip(records, gt_counts):
-        value = 0
-        if not manifest.has_background and rec.labels:
-            value = max(rec.labels, key=lambda c: prior[c + manifest.offset]) + manifest.offset
-        floor[:, value] += counts
-    return floor
+STAGE = Stage("eval-maps", "score class maps against the ground truth", IO, Params, run)

@@ -5,51 +5,59 @@ later stages, a segmentation network's prediction), then the ground truth."""
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-from wsss.atomic import save_png
-from wsss.data.datasets import to_tensor
-from wsss.data.manifest import Manifest, read_image, read_mask
-from wsss.models.deeplab import load_seg_model
-from wsss.stages.eval_labels import find_labels
-from wsss.stages.infer_seg import segment
-from wsss.store import MapsReader
-from wsss.visualize import cam_overlay, colorize, panel
-
-log = logging.getLogger(__name__)
+from wsss.settings import MANIFEST_HELP
+from wsss.stage import Stage, arg
 
 
-def run(
-    manifest_path: str | os.PathLike[str],
-    split: str,
-    out: str | os.PathLike[str],
-    cams: Sequence[str | os.PathLike[str]] = (),
-    label_dirs: Sequence[tuple[str, str | os.PathLike[str]]] = (),
-    count: int = 4,
-    ids: Sequence[str] = (),
-    model: str | os.PathLike[str] | None = None,
-) -> None:
-    """Write a panel PNG of ``count`` images of ``split`` (or the given ``ids``).
+@dataclass(frozen=True, kw_only=True)
+class IO:
+    manifest: Path = arg(help=MANIFEST_HELP)
+    split: str = arg("train", "split the images come from")
+    out: Path = arg(help="panel PNG to write")
+    cams: tuple[Path, ...] = arg((), "CAM shard files (shown as a heat map)")
+    labels: tuple[str, ...] = arg(
+        (), "TITLE=DIR: directories of <id>.png label maps with a column title"
+    )
+    model: Path | None = arg(None, "segmentation model file: add its prediction")
+    count: int = arg(4, "images shown (the first with masks)")
+    ids: tuple[str, ...] = arg((), "these images instead")
 
-    ``cams``: maps shard files (shown as a heat map over the image); ``label_dirs``:
-    (title, directory of ``<id>.png`` label maps) pairs, e.g. pseudo-masks (a title given
-    for several directories, e.g. shards, is one column); ``model``: a segmentation model
-    file whose prediction (single scale with flip) is shown.
+
+def run(io: IO, params: None = None) -> None:
+    """Write a panel PNG of ``io.count`` images of ``io.split`` (or the given ``io.ids``).
+
+    A title given for several directories (shards) is one column; the prediction is
+    single scale with flip.
     """
-    manifest = Manifest.load(manifest_path)
-    records = {r.id: r for r in manifest.split(split)}
-    chosen = list(ids) or [i for i in sorted(records) if records[i].mask][:count]
-    grouped: dict[str, list] = {}
-    for title, directory in label_dirs:  # one title may name several shard directories
+    import logging
+
+    from wsss.atomic import save_png
+    from wsss.common import find_labels
+    from wsss.data.datasets import to_tensor
+    from wsss.data.manifest import Manifest, read_image, read_mask
+    from wsss.inference import segment
+    from wsss.models.registry import load_model
+    from wsss.store import MapsReader
+    from wsss.visualize import cam_overlay, colorize, panel
+
+    manifest = Manifest.load(io.manifest)
+    records = {r.id: r for r in manifest.split(io.split)}
+    chosen = list(io.ids) or [i for i in sorted(records) if records[i].mask][: io.count]
+    grouped: dict[str, list[str]] = {}
+    for item in io.labels:
+        title, sep, directory = item.partition("=")
+        if not sep:
+            raise ValueError(f"--labels takes TITLE=DIR, not '{item}'")
         grouped.setdefault(title, []).append(directory)
     labels = {title: find_labels(dirs) for title, dirs in grouped.items()}
-    titles = ["image", *(["CAM"] if cams else []), *labels]
-    titles += [*(["prediction"] if model else []), "ground truth"]
-    segmenter = load_seg_model(model)[0] if model else None
+    titles = ["image", *(["CAM"] if io.cams else []), *labels]
+    titles += [*(["prediction"] if io.model else []), "ground truth"]
+    segmenter = load_model(io.model, "seg").model if io.model else None
     rows = []
-    reader = MapsReader(cams) if cams else None
+    reader = MapsReader(io.cams) if io.cams else None
     for image_id in chosen:
         rec = records[image_id]
         image = read_image(rec.image)
@@ -65,5 +73,8 @@ def run(
         rows.append(row)
     if reader is not None:
         reader.close()
-    save_png(out, panel(rows, titles))
-    log.info("wrote %s (%d images)", out, len(rows))
+    save_png(io.out, panel(rows, titles))
+    logging.getLogger(__name__).info("wrote %s (%d images)", io.out, len(rows))
+
+
+STAGE = Stage("figure", "a panel PNG: image, CAM, label maps, prediction, truth", IO, None, run)

@@ -1,83 +1,60 @@
-"""Stage: pseudo-masks from refined maps (paper 3.4): upsample to the image, optional
-dCRF, argmax (the background included where the dataset has one); palette PNGs."""
+"""Stage: pseudo-masks from refined maps (paper 3.4; :func:`wsss.label_maps.pseudo_mask`):
+upsample to the image, optional dCRF, argmax (the background included where the dataset
+has one); one palette PNG per image."""
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
-
-from wsss.atomic import atomic_dir
-from wsss.crf import CRFParams, dense_crf
-from wsss.data.manifest import Manifest, read_image
-from wsss.data.palette import write_label_png
-from wsss.stages.infer_cam import shard_records
-from wsss.store import ImageMaps, MapsReader, StoreError
-from wsss.training import progress
-
-log = logging.getLogger(__name__)
+from wsss.settings import CRFParams, ShardIO
+from wsss.stage import Stage, arg
 
 
-@dataclass(frozen=True)
-class PseudoMaskParams(CRFParams):
+@dataclass(frozen=True, kw_only=True)
+class IO(ShardIO):
+    maps: tuple[Path, ...] = arg(help="refined-map shard files (HDF5)")
+    out: Path = arg(help="directory of pseudo-mask PNGs to write")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params(CRFParams):
     """``alpha``: which stored background to use (16 in the paper); dCRF on by default."""
 
-    split: str = "train"
-    alpha: float = 16.0
-    crf: bool = True
+    alpha: float = arg(16.0, "background power: one of the random walk's alphas")
+    crf: bool = arg(True, "refine with a dense CRF before the argmax")
 
 
-def pseudo_mask(
-    image: np.ndarray,
-    item: ImageMaps,
-    has_background: bool,
-    alpha_index: int | None,
-    params: PseudoMaskParams,
-) -> np.ndarray:
-    """Label map uint8 [H, W] from the refined maps of one image."""
-    if alpha_index is not None:  # upsample only the background that is used
-        item = replace(item, background=item.background[alpha_index : alpha_index + 1])
-    full = item.at_image_size()
-    classes = np.asarray(full.classes, dtype=np.int64)
-    if has_background:
-        scores = np.concatenate([full.background, full.maps])
-        values = np.concatenate([[0], classes + 1])
-    else:
-        scores, values = full.maps, classes
-    if len(values) == 1:
-        return np.full(full.size, values[0], np.uint8)
-    if params.crf:
-        scores = dense_crf(image, np.clip(scores, 0.0, None), params)
-    return values[np.argmax(scores, 0)].astype(np.uint8)
+def run(io: IO, params: Params) -> None:
+    """Write ``io.out/<id>.png`` for every image of one shard (the directory atomically)."""
+    import logging
 
+    from wsss.atomic import atomic_dir
+    from wsss.common import progress, shard_records
+    from wsss.data.manifest import Manifest, read_image
+    from wsss.data.palette import write_label_png
+    from wsss.label_maps import pseudo_mask
+    from wsss.store import MapsReader, StoreError
 
-def run(
-    manifest_path: str | os.PathLike[str],
-    maps: Sequence[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
-    shard: int,
-    num_shards: int,
-    params: PseudoMaskParams,
-) -> None:
-    """Write ``out_dir/<id>.png`` for every image of one shard (the directory atomically)."""
-    manifest = Manifest.load(manifest_path)
-    records = shard_records(manifest.split(params.split), shard, num_shards)
-    with MapsReader(maps) as reader, atomic_dir(out_dir) as tmp:
+    manifest = Manifest.load(io.manifest)
+    records = shard_records(manifest.split(io.split), io.shard, io.num_shards)
+    with MapsReader(io.maps) as reader, atomic_dir(io.out) as tmp:
         reader.check_covers([r.id for r in records])
         alpha_index = None
         if manifest.has_background:
             if params.alpha not in reader.alphas:
                 raise StoreError(
                     f"alpha {params.alpha:g} is not among the walked alphas "
-                    f"{reader.alphas} of {maps[0]}"
+                    f"{reader.alphas} of {io.maps[0]}"
                 )
             alpha_index = reader.alphas.index(params.alpha)
-        for rec in progress(records, f"pseudo-masks shard {shard}", "img"):
+        crf = params if params.crf else None
+        for rec in progress(records, f"pseudo-masks shard {io.shard}", "img"):
             labels = pseudo_mask(
-                read_image(rec.image), reader[rec.id], manifest.has_background, alpha_index, params
+                read_image(rec.image), reader[rec.id], manifest.has_background, alpha_index, crf
             )
             write_label_png(tmp, rec.id, labels)
-    log.info("wrote %d pseudo-masks to %s", len(records), out_dir)
+    logging.getLogger(__name__).info("wrote %d pseudo-masks to %s", len(records), io.out)
+
+
+STAGE = Stage("pseudo-masks", "pseudo-masks of one shard from refined maps", IO, Params, run)

@@ -2,66 +2,49 @@
 
 from __future__ import annotations
 
-import logging
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
-from wsss.atomic import save_torch
-from wsss.data.datasets import Augment, ImageLabels
-from wsss.data.manifest import DatasetError, Manifest
-from wsss.models.backbones import build_backbone
-from wsss.models.cam import CAMNet, cam_checkpoint
-from wsss.training import EpochCheckpoints, TrainParams, fingerprint, pick_device, set_seed, train
-
-log = logging.getLogger(__name__)
+from wsss.settings import TrainIO, TrainParams
+from wsss.stage import Stage, arg
 
 
-@dataclass(frozen=True)
-class TrainCamParams(TrainParams):
+@dataclass(frozen=True, kw_only=True)
+class Params(TrainParams):
     """The shared training settings plus the width of the 3x3 head (0: no head)."""
 
-    head_channels: int = 512
+    head_channels: int = arg(512, "width of the 3x3 head before the classifier (0: none)")
 
 
-def run(
-    manifest_path: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    state_dir: str | os.PathLike[str],
-    params: TrainCamParams,
-) -> None:
-    """Train on split ``params.split`` of the manifest; write the model to ``out``.
+def run(io: TrainIO, params: Params) -> None:
+    """Train on the labelled images of ``io.split``; write the model file ``io.out``."""
+    import torch.nn.functional as F
 
-    The training state after each epoch goes to ``state_dir``; a rerun with the same
-    settings resumes after the last finished epoch.
-    """
-    manifest = Manifest.load(manifest_path)
-    records = [r for r in manifest.split(params.split) if r.labels]
+    from wsss.data.datasets import ImageLabels
+    from wsss.data.manifest import DatasetError, Manifest
+    from wsss.models.cam import CAMNet
+    from wsss.training import train_network
+
+    manifest = Manifest.load(io.manifest)
+    records = [r for r in manifest.split(io.split) if r.labels]
     if not records:
-        raise DatasetError(f"{manifest_path}: no image of split '{params.split}' has a label")
-    set_seed(params.seed)
-    device = pick_device(params.device)
-    backbone = build_backbone(params.backbone, params.output_stride, params.weights)
-    model = CAMNet(backbone, len(manifest.classes), params.head_channels).to(device)
-    augment = Augment(params.crop_size, params.scale_range, True, params.jitter)
-    dataset = ImageLabels(records, len(manifest.classes), augment, params.seed)
-
-    def loss_fn(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.multilabel_soft_margin_loss(model(images).float(), targets)
-
-    checkpoints = EpochCheckpoints(state_dir, fingerprint(asdict(params), Path(manifest_path)))
-    train(model, dataset, loss_fn, params, checkpoints, device, "train-cam")
-    save_torch(
-        out,
-        cam_checkpoint(
-            model.cpu(),
-            params.backbone,
-            params.output_stride,
-            params.head_channels,
-            list(manifest.classes),
+        raise DatasetError(f"{io.manifest}: no image of split '{io.split}' has a label")
+    num_classes = len(manifest.classes)
+    train_network(
+        "train-cam",
+        params,
+        device=io.device,
+        manifest=io.manifest,
+        state_dir=io.state_dir,
+        out=io.out,
+        build=lambda backbone: CAMNet(backbone, num_classes, params.head_channels),
+        dataset=lambda augment: ImageLabels(records, num_classes, augment, params.seed),
+        loss=lambda model, images, targets: F.multilabel_soft_margin_loss(
+            model(images).float(), targets
         ),
+        kind="cam",
+        arch={"head_channels": params.head_channels},
+        label_names=manifest.classes,
     )
-    log.info("wrote %s", out)
+
+
+STAGE = Stage("train-cam", "train the CAM network on image-level labels", TrainIO, Params, run)

@@ -1,0 +1,113 @@
+"""Checks of workflow settings beyond the JSON schema: settings that depend on each other or
+on files. Run on the validated config (defaults filled in) before the first job.
+
+Imports nothing heavy: the dataset loader of ``dataset.kind`` is imported only to read its
+signature, and torch not at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+# Names build_backbone knows (wsss.models.backbones.BACKBONES, which imports torch).
+BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
+# Backbones whose ImageNet weights ship in an installed package (weights: imagenet); the
+# others need the path of a weights file. Extend together with build_backbone.
+OFFLINE_IMAGENET = {"lite0"}
+# The stride of AffinityNet's features (GRID in wsss.stages.train_aff): its training crops
+# must be a multiple of it, or the features outgrow the label grid (the schema agrees).
+AFF_GRID = 8
+# What wsss.data.build_manifest calls for each dataset.kind: the loader's module and the
+# keyword arguments it passes itself besides the root (dataset.options must not repeat them).
+LOADERS: dict[str, tuple[str, frozenset[str]]] = {
+    "demo": ("wsss.data.voc", frozenset({"has_background", "name"})),
+    "voc": ("wsss.data.voc", frozenset()),
+    "msrc": ("wsss.data.voc", frozenset({"has_background", "name"})),
+    "coco": ("wsss.data.coco", frozenset({"mask_dir"})),
+    "folder": ("wsss.data.folder", frozenset()),
+}
+TRAIN_SECTIONS = ("cam", "affinity", "seg")
+SPLITS = ("train_split", "eval_split", "val_split")
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together; the message lists every problem, one a line."""
+
+
+def check_config(config: dict[str, Any], base_dir: str | os.PathLike[str]) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``config``, each line starting
+    with the dotted key concerned; relative paths are relative to ``base_dir``."""
+    base = Path(base_dir)
+    problems = _check_dataset(config["dataset"], base)
+    if _has_background(config["dataset"]):
+        problems += _check_alpha(config)
+    for section in TRAIN_SECTIONS:
+        problems += _check_backbone(f"{section}.train", config[section]["train"], base)
+    crop = config["affinity"]["train"]["crop_size"]
+    if crop % AFF_GRID:
+        problems.append(
+            f"affinity.train.crop_size: {crop} is not a multiple of {AFF_GRID} (the affinity grid)"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _has_background(dataset: dict[str, Any]) -> bool:
+    """Whether the dataset has a background class (only then is ``pseudo.alpha`` used)."""
+    return dataset["kind"] != "msrc" and bool(dataset["options"].get("has_background", True))
+
+
+def _check_alpha(config: dict[str, Any]) -> list[str]:
+    alpha = config["pseudo"]["alpha"]
+    alphas = config["affinity"]["random_walk"]["alphas"]
+    if float(alpha) in [float(a) for a in alphas]:
+        return []
+    return [f"pseudo.alpha: {alpha} is not among affinity.random_walk.alphas {alphas}"]
+
+
+def _check_backbone(key: str, train: dict[str, Any], base: Path) -> list[str]:
+    name, weights = train["backbone"], train["weights"]
+    if name not in BACKBONES:
+        return [f"{key}.backbone: unknown backbone '{name}' (choose from {', '.join(BACKBONES)})"]
+    if weights == "imagenet":
+        if name in OFFLINE_IMAGENET:
+            return []
+        return [
+            f"{key}.weights: no offline ImageNet weights for {name} (only for "
+            f"{', '.join(sorted(OFFLINE_IMAGENET))}): give the path of a weights file"
+        ]
+    path = base / weights
+    if path.is_file():
+        return []
+    return [f"{key}.weights: {weights} is not an existing file ({path.absolute()})"]
+
+
+def _check_dataset(dataset: dict[str, Any], base: Path) -> list[str]:
+    problems = []
+    kind = dataset["kind"]
+    root = base / dataset["root"]
+    if kind != "demo" and not root.is_dir():
+        problems.append(
+            f"dataset.root: {dataset['root']} is not an existing directory ({root.absolute()})"
+        )
+    if kind in LOADERS:
+        module, passed = LOADERS[kind]
+        build = importlib.import_module(module).build
+        allowed = sorted(set(inspect.signature(build).parameters) - passed - {"root"})
+        problems += [
+            f"dataset.options.{option}: not an option of the dataset.kind {kind} loader "
+            f"(allowed: {', '.join(allowed)})"
+            for option in dataset["options"]
+            if option not in allowed
+        ]
+    else:
+        problems.append(f"dataset.kind: unknown kind '{kind}' (choose from {', '.join(LOADERS)})")
+    for split in SPLITS:
+        value = dataset[split]
+        if not (isinstance(value, str) and value.strip()):
+            problems.append(f"dataset.{split}: must be a non-empty split name, not {value!r}")
+    return problems

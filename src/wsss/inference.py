@@ -1,0 +1,101 @@
+"""Inference over whole images: multi-scale + flip CAMs (AffinityNet eq. 1) and multi-scale
++ flip segmentation, batched over images of different sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wsss.common import autocast
+from wsss.crf import dense_crf
+from wsss.data.datasets import PAD_RGB
+from wsss.models.cam import CAMNet
+from wsss.settings import SegmentParams
+
+
+@torch.no_grad()
+def multiscale_cams(
+    model: CAMNet,
+    image: Tensor,
+    classes: Sequence[int],
+    scales: Sequence[float],
+    flip: bool,
+    amp: bool = False,
+) -> Tensor:
+    """CAMs [K, H, W] in [0, 1] of ``classes`` for one image [3, H, W] in [0, 255].
+
+    For each scale (and its horizontal flip) the maps ReLU(w_c^T f) are upsampled to the
+    image size and summed; each class map is then divided by its maximum (eq. 1).
+    """
+    height, width = image.shape[-2:]
+    device = next(model.parameters()).device
+    index = torch.as_tensor(list(classes), dtype=torch.long, device=device)
+    total = torch.zeros(len(classes), height, width, device=device)
+    if len(classes) == 0:
+        return total
+    image = image.to(device)
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        batch = F.interpolate(image[None], size, mode="bilinear", align_corners=False)
+        if flip:
+            batch = torch.cat([batch, batch.flip(-1)])
+        with autocast(device, amp):
+            cams = model.cams(batch)[:, index].float()
+        if flip:
+            cams = cams[:1] + cams[1:].flip(-1)
+        total += F.interpolate(cams, (height, width), mode="bilinear", align_corners=False)[0]
+    peak = total.flatten(1).max(1).values.view(-1, 1, 1)
+    return total / (peak + 1e-5)
+
+
+@torch.no_grad()
+def segment(
+    model: nn.Module,
+    images: Sequence[Tensor],
+    scales: Sequence[float],
+    flip: bool,
+    amp: bool = False,
+) -> list[Tensor]:
+    """Class probabilities [L, H, W] for each image [3, H, W] in [0, 255] of a batch.
+
+    At each scale the images are resized, padded to a common size and segmented in one
+    batch (the flipped batch's logits are flipped back and added); the softmax of each,
+    cropped and resized back, is averaged over the scales.
+    """
+    device = next(model.parameters()).device
+    totals: list[Tensor | None] = [None] * len(images)
+    for scale in scales:
+        sizes = [
+            (max(1, round(im.shape[1] * scale)), max(1, round(im.shape[2] * scale)))
+            for im in images
+        ]
+        height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        batch = torch.tensor(PAD_RGB).view(1, 3, 1, 1).repeat(len(images), 1, height, width)
+        for i, (im, (h, w)) in enumerate(zip(images, sizes)):
+            batch[i, :, :h, :w] = F.interpolate(
+                im[None], (h, w), mode="bilinear", align_corners=False
+            )[0]
+        batch = batch.to(device)
+        with autocast(device, amp):
+            logits = model(batch).float()
+            if flip:
+                logits = logits + model(batch.flip(-1)).float().flip(-1)
+        for i, (im, (h, w)) in enumerate(zip(images, sizes)):
+            probs = logits[i, :, :h, :w].softmax(0)
+            probs = F.interpolate(probs[None], im.shape[1:], mode="bilinear", align_corners=False)[
+                0
+            ]
+            totals[i] = probs if totals[i] is None else totals[i] + probs
+    return [t / len(scales) for t in totals]
+
+
+def labels_from_probs(image: np.ndarray, probs: Tensor, params: SegmentParams) -> np.ndarray:
+    """uint8 label map [H, W]: argmax of ``probs`` [L, H, W], after a dCRF if enabled."""
+    scores = probs.cpu().numpy()
+    if params.crf:
+        scores = dense_crf(image, scores, params)
+    return scores.argmax(0).astype(np.uint8)

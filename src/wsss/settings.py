@@ -1,0 +1,95 @@
+"""Settings that several stages share (frozen dataclasses; stages extend them).
+
+Defaults are the reference ones (the AffinityNet code on PASCAL VOC); the config's
+sections override them, and ``wsss <stage> --help`` lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsss.stage import arg
+
+BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainParams:
+    """What every network training takes: SGD, poly schedule, learning-rate multipliers
+    1 / 2 / 10 / 20 (pretrained weights / biases, new weights / biases), 5e-4 decay."""
+
+    backbone: str = arg("lite0", "backbone network", choices=BACKBONES)
+    weights: str = arg(
+        "imagenet", "backbone weights: imagenet (offline, lite0 only) or a state-dict path"
+    )
+    output_stride: int = arg(16, "backbone output stride (pixels)", choices=(8, 16))
+    epochs: int = arg(15, "training epochs")
+    batch_size: int = arg(8, "images per step")
+    crop_size: int = arg(448, "side of the square training crop (pixels)")
+    scale_range: tuple[float, float] = arg(
+        (0.5, 1.5), "random rescale range, relative to the image side"
+    )
+    jitter: float = arg(0.3, "colour jitter strength (brightness, contrast, saturation)")
+    lr: float = arg(0.01, "base learning rate (pretrained weights)")
+    lr_multipliers: tuple[float, float, float, float] = arg(
+        (1.0, 2.0, 10.0, 20.0),
+        "learning-rate multipliers: pretrained weights, pretrained biases, new weights, new biases",
+    )
+    weight_decay: float = arg(5e-4, "weight decay (weights only)")
+    momentum: float = arg(0.9, "SGD momentum")
+    poly_power: float = arg(0.9, "poly schedule power: lr * (1 - step / steps) ** power")
+    freeze_bn: bool = arg(True, "freeze the backbone's batch norm")
+    seed: int = arg(0, "random seed (weights of new layers, augmentation, batch order)")
+    num_workers: int = arg(2, "data-loading worker processes")
+    amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CRFParams:
+    """Dense CRF: 10 iterations, Gaussian sxy 3 / compat 3, bilateral sxy 80 / srgb 13 /
+    compat 10 (pixel and 0-255 colour units), the reference values."""
+
+    crf_iterations: int = arg(10, "dense CRF mean-field iterations")
+    crf_gaussian_sxy: float = arg(3.0, "dense CRF Gaussian kernel width (pixels)")
+    crf_gaussian_compat: float = arg(3.0, "dense CRF Gaussian kernel weight")
+    crf_bilateral_sxy: float = arg(80.0, "dense CRF bilateral kernel width (pixels)")
+    crf_bilateral_srgb: float = arg(13.0, "dense CRF bilateral colour width (0-255)")
+    crf_bilateral_compat: float = arg(10.0, "dense CRF bilateral kernel weight")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentParams(CRFParams):
+    """Segmentation at test time: the reference scales and flip (0.5 .. 1.5, < 2 mIoU
+    gain); dCRF off."""
+
+    scales: tuple[float, ...] = arg((0.5, 0.75, 1.0, 1.25, 1.5), "test-time scales")
+    flip: bool = arg(True, "also segment the mirrored image")
+    crf: bool = arg(False, "refine the prediction with a dense CRF")
+    batch_size: int = arg(4, "images per batch")
+    amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
+
+
+DEVICE_HELP = "auto | cpu | cuda[:N] (auto takes a GPU when one is visible)"
+MANIFEST_HELP = "dataset manifest (JSON) written by wsss prepare"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardIO:
+    """What a per-image stage reads to pick its images: one shard of a split."""
+
+    manifest: Path = arg(help=MANIFEST_HELP)
+    split: str = arg("train", "split whose images are processed")
+    shard: int = arg(0, "shard to process (0-based)")
+    num_shards: int = arg(1, "number of shards the split is cut into")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainIO:
+    """What a training stage reads and writes."""
+
+    manifest: Path = arg(help=MANIFEST_HELP)
+    out: Path = arg(help="model file to write")
+    state_dir: Path = arg(help="directory of the per-epoch training state (resume)")
+    split: str = arg("train", "split to train on")
+    device: str = arg("auto", DEVICE_HELP)

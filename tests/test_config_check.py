@@ -1,0 +1,208 @@
+"""Cross-setting checks of the workflow config: each problem named by its dotted key."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+from wsss import config_check
+from wsss.config_check import ConfigError, check_config
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def problems(config: dict[str, Any], base_dir: Path) -> list[str]:
+    """The lines of the ConfigError raised for ``config``."""
+    with pytest.raises(ConfigError) as info:
+        check_config(config, base_dir)
+    return str(info.value).splitlines()
+
+
+@pytest.fixture
+def config() -> dict[str, Any]:
+    return copy.deepcopy(BASE)
+
+
+def test_shipped_demo_config_passes(config: dict[str, Any], tmp_path: Path) -> None:
+    check_config(config, tmp_path)  # demo: the root need not exist yet
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_presets_pass(preset: str, tmp_path: Path) -> None:
+    """Each preset (merged over config.yaml, as --configfile is) once its files exist."""
+    config = copy.deepcopy(BASE)
+    update_config(config, yaml.safe_load((REPO / "configs" / preset).read_text()))
+    config["dataset"]["root"] = str(tmp_path)
+    for section in ("cam", "affinity", "seg"):
+        weights = config[section]["train"]["weights"]
+        if weights != "imagenet":
+            (tmp_path / weights).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / weights).touch()
+    check_config(config, tmp_path)
+
+
+def test_alpha_must_be_walked(config: dict[str, Any], tmp_path: Path) -> None:
+    config["pseudo"]["alpha"] = 3
+    config["affinity"]["random_walk"]["alphas"] = [0.5, 1, 2, 4]
+    assert problems(config, tmp_path) == [
+        "pseudo.alpha: 3 is not among affinity.random_walk.alphas [0.5, 1, 2, 4]"
+    ]
+    config["pseudo"]["alpha"] = 2.0  # compared as numbers
+    check_config(config, tmp_path)
+
+
+def test_alpha_unused_without_background(config: dict[str, Any], tmp_path: Path) -> None:
+    config["pseudo"]["alpha"] = 3
+    config["dataset"].update(kind="msrc", root=str(tmp_path))
+    check_config(config, tmp_path)
+
+
+def test_imagenet_weights_only_offline(config: dict[str, Any], tmp_path: Path) -> None:
+    config["seg"]["train"]["backbone"] = "resnet50"
+    assert problems(config, tmp_path) == [
+        "seg.train.weights: no offline ImageNet weights for resnet50 (only for lite0): "
+        "give the path of a weights file"
+    ]
+
+
+def test_weights_file_must_exist(config: dict[str, Any], tmp_path: Path) -> None:
+    config["cam"]["train"].update(backbone="resnet38d", weights="weights/r38.pth")
+    config["affinity"]["train"]["weights"] = "none"  # build_backbone takes None, not "none"
+    assert problems(config, tmp_path) == [
+        f"cam.train.weights: weights/r38.pth is not an existing file "
+        f"({tmp_path / 'weights' / 'r38.pth'})",
+        f"affinity.train.weights: none is not an existing file ({tmp_path / 'none'})",
+    ]
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "r38.pth").touch()
+    (tmp_path / "none").touch()
+    check_config(config, tmp_path)
+
+
+def test_backbone_must_be_known(config: dict[str, Any], tmp_path: Path) -> None:
+    config["cam"]["train"]["backbone"] = "vgg16"
+    assert problems(config, tmp_path) == [
+        "cam.train.backbone: unknown backbone 'vgg16' "
+        "(choose from lite0, resnet50, resnet101, resnet38d)"
+    ]
+
+
+def test_affinity_crop_on_the_grid(config: dict[str, Any], tmp_path: Path) -> None:
+    config["affinity"]["train"]["crop_size"] = 164
+    config["cam"]["train"]["crop_size"] = 164  # any size: the CAM network pools globally
+    assert problems(config, tmp_path) == [
+        "affinity.train.crop_size: 164 is not a multiple of 8 (the affinity grid)"
+    ]
+    config["affinity"]["train"]["crop_size"] = 168  # a multiple of 8, not of output_stride 16
+    check_config(config, tmp_path)
+
+
+def test_dataset_root_must_exist(config: dict[str, Any], tmp_path: Path) -> None:
+    config["dataset"].update(kind="voc", root="data/VOC2012")
+    assert problems(config, tmp_path) == [
+        f"dataset.root: data/VOC2012 is not an existing directory ({tmp_path / 'data' / 'VOC2012'})"
+    ]
+    (tmp_path / "data" / "VOC2012").mkdir(parents=True)
+    check_config(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "bad", "allowed"),
+    [
+        ("voc", {"label_source": "xml", "year": 1}, "year", "has_background, label_source, name"),
+        ("msrc", {"has_background": True}, "has_background", "label_source"),
+        ("demo", {"name": "x"}, "name", "label_source"),
+        ("coco", {"year": 2014, "mask_dir": "m"}, "mask_dir", "name, splits, year"),
+        ("folder", {"csv": "a.csv", "root": "x"}, "root", "classes, csv, has_background, name"),
+    ],
+)
+def test_dataset_options_fit_the_loader(
+    config: dict[str, Any],
+    tmp_path: Path,
+    kind: str,
+    options: dict[str, object],
+    bad: str,
+    allowed: str,
+) -> None:
+    config["dataset"].update(kind=kind, root=str(tmp_path), options=options)
+    assert problems(config, tmp_path) == [
+        f"dataset.options.{bad}: not an option of the dataset.kind {kind} loader "
+        f"(allowed: {allowed})"
+    ]
+
+
+def test_loaders_mirror_build_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """LOADERS names exactly the arguments build_manifest passes itself, kind by kind."""
+    from wsss.data import build_manifest, coco, folder, voc
+
+    calls: list[tuple[str, set[str]]] = []
+
+    def recorder(module_name: str) -> Callable[..., None]:
+        return lambda root, **kwargs: calls.append((module_name, set(kwargs)))
+
+    for module in (voc, coco, folder):
+        monkeypatch.setattr(module, "build", recorder(module.__name__))
+    for kind, (module_name, passed) in config_check.LOADERS.items():
+        calls.clear()
+        build_manifest(kind, tmp_path, tmp_path)
+        assert calls == [(module_name, set(passed))], kind
+
+
+def test_splits_must_be_named(config: dict[str, Any], tmp_path: Path) -> None:
+    config["dataset"].update(eval_split="", val_split=" ")
+    assert problems(config, tmp_path) == [
+        "dataset.eval_split: must be a non-empty split name, not ''",
+        "dataset.val_split: must be a non-empty split name, not ' '",
+    ]
+
+
+def test_every_problem_is_listed(config: dict[str, Any], tmp_path: Path) -> None:
+    config["dataset"].update(kind="folder", root="missing", options={"sep": ";"}, train_split="")
+    config["pseudo"]["alpha"] = 5
+    config["seg"]["train"].update(backbone="resnet101", weights="imagenet")
+    config["affinity"]["train"]["crop_size"] = 100
+    lines = problems(config, tmp_path)
+    assert [line.split(":")[0] for line in lines] == [
+        "dataset.root",
+        "dataset.options.sep",
+        "dataset.train_split",
+        "pseudo.alpha",
+        "seg.train.weights",
+        "affinity.train.crop_size",
+    ]
+
+
+def module_constants(name: str) -> list[object]:
+    """The values of every top-level ``name = <literal>`` in the package's source."""
+    values = []
+    for path in sorted((REPO / "src" / "wsss").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == name for t in node.targets
+            ):
+                values.append(ast.literal_eval(node.value))
+    return values
+
+
+def test_constants_match_the_code() -> None:
+    """Read from the source: the modules that define them import torch."""
+    backbones = module_constants("BACKBONES")
+    assert backbones and all(b == config_check.BACKBONES for b in backbones)
+    assert set(module_constants("GRID")) == {config_check.AFF_GRID}
+    assert config_check.OFFLINE_IMAGENET <= set(config_check.BACKBONES)
+
+
+def test_import_leaves_torch_out() -> None:
+    code = "import sys, wsss.config_check; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

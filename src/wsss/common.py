@@ -3,15 +3,20 @@ mixed precision and progress bars."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from wsss.data.manifest import DatasetError, Record
+from wsss.data.manifest import DatasetError, Manifest, Record
+from wsss.settings import ShardIO
+
+log = logging.getLogger(__name__)
 
 
 def shard_records(records: Sequence[Record], shard: int, num_shards: int) -> list[Record]:
@@ -58,3 +63,35 @@ def progress(iterable: Iterable, desc: str, unit: str) -> tqdm:
         dynamic_ncols=interactive,
         ascii=not interactive,
     )
+
+
+@dataclass
+class ShardJob:
+    """What a per-image stage starts from: the manifest, its shard's records, the device
+    and (when the stage uses one) the network."""
+
+    manifest: Manifest
+    records: list[Record]
+    device: torch.device
+    model: torch.nn.Module | None
+
+
+def shard_job(io: ShardIO, model_kind: str | None = None) -> ShardJob:
+    """Load the manifest and the records of ``io``'s shard; with ``model_kind``, the model
+    file ``io.model`` of that kind on ``io.device``. Logs what the job will do."""
+    from wsss.models.registry import load_model
+
+    manifest = Manifest.load(io.manifest)
+    records = shard_records(manifest.split(io.split), io.shard, io.num_shards)
+    device = pick_device(getattr(io, "device", "cpu"))
+    model = load_model(io.model, model_kind, device).model if model_kind else None
+    log.info(
+        "%d images of '%s' (shard %d/%d) on %s (%d threads)",
+        len(records),
+        io.split,
+        io.shard,
+        io.num_shards,
+        device,
+        torch.get_num_threads(),
+    )
+    return ShardJob(manifest, records, device, model)

@@ -23,6 +23,7 @@ import textwrap
 from pathlib import Path
 
 from wsss.atomic import atomic_path, write_json
+from wsss.plots import finish_percent_axes, save_figure
 
 # Values Snakemake writes in a benchmark column it could not measure (very short jobs).
 _MISSING = {"", "NA", "-"}
@@ -246,14 +247,8 @@ def _plot(result: dict, out: Path) -> None:
             label=f"{g['group']} (n={g['n']})",
         )
     ax.set_xticks(range(len(steps)), [textwrap.fill(s["title"], 18) for s in steps], fontsize=8)
-    ax.set_ylabel("mIoU (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    finish_percent_axes(ax, "mIoU (%)", legend_columns=4)
+    save_figure(fig, out)
 
 
 def write_comparison(plan: dict, out_dir: str | os.PathLike[str]) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from wsss.atomic import atomic_path
 from wsss.pipeline import all_steps
+from wsss.plots import finish_percent_axes, save_figure
 
 
 def _load(files: Sequence[str | os.PathLike[str]]) -> dict[str, dict]:
@@ -73,11 +74,5 @@ def per_class_plot(metrics: Sequence[str | os.PathLike[str]], out: str | os.Path
         values = [m["per_class"].get(n) or 0.0 for n in names]
         ax.bar(x + (i - (len(found) - 1) / 2) * width, values, width, label=_title(stem, m))
     ax.set_xticks(x, names, rotation=45, ha="right")
-    ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    finish_percent_axes(ax, "IoU (%)", legend_columns=3, legend_size=7)
+    save_figure(fig, out)

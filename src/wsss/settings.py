@@ -93,3 +93,35 @@ class TrainIO:
     state_dir: Path = arg(help="directory of the per-epoch training state (resume)")
     split: str = arg("train", "split to train on")
     device: str = arg("auto", DEVICE_HELP)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MapsShardIO(ShardIO):
+    """A per-image stage that reads class maps (CAMs or refined maps) of its shard."""
+
+    maps: tuple[Path, ...] = arg(help="class-map shard files (HDF5): CAMs or refined maps")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreIO:
+    """What an evaluation reads and writes."""
+
+    manifest: Path = arg(help=MANIFEST_HELP)
+    out: Path = arg(help="metrics JSON to write")
+    stage: str = arg(help="step name recorded in the metrics (cam, rw, pseudo, seg, ...)")
+    split: str = arg("train", "split to score (its images with masks)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MapsToLabelsIO(MapsShardIO):
+    """A per-image stage that turns class maps into label maps (one PNG per image)."""
+
+    out: Path = arg(help="directory of label-map PNGs to write (one per image)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetShardIO(ShardIO):
+    """A per-image stage that runs a trained network (its model file) on a device."""
+
+    model: Path = arg(help="model file of the network the stage runs (wsss inspect FILE)")
+    device: str = arg("auto", DEVICE_HELP)

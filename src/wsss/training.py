@@ -23,7 +23,7 @@ from wsss.common import autocast, pick_device, progress
 from wsss.data.datasets import Augment
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.models.registry import save_model
-from wsss.settings import TrainParams
+from wsss.settings import TrainIO, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,9 @@ def train(
 
 def train_network(
     name: str,
+    io: TrainIO,
     params: TrainParams,
     *,
-    device: str,
-    manifest: Path,
-    state_dir: Path,
-    out: Path,
     build: Callable[[Backbone], nn.Module],
     dataset: Callable[[Augment], Dataset],
     loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
@@ -97,15 +94,15 @@ def train_network(
     ``loss(model, inputs, targets)`` the scalar loss of a batch. ``inputs``: files whose
     contents the training depends on besides the manifest (label maps): a rerun resumes
     from ``state_dir`` only if they and the settings are unchanged. ``kind``, ``arch`` and
-    ``label_names`` go into the model file (:mod:`wsss.models.registry`).
+    ``label_names`` go into the model file ``io.out`` (:mod:`wsss.models.registry`).
     """
     set_seed(params.seed)
-    torch_device = pick_device(device)
+    torch_device = pick_device(io.device)
     backbone = build_backbone(params.backbone, params.output_stride, params.weights)
     model = build(backbone).to(torch_device)
     data = dataset(Augment(params.crop_size, params.scale_range, True, params.jitter))
-    stamp = fingerprint(asdict(params), Path(manifest), *inputs)
-    checkpoints = EpochCheckpoints(state_dir, stamp)
+    stamp = fingerprint(asdict(params), Path(io.manifest), *inputs)
+    checkpoints = EpochCheckpoints(io.state_dir, stamp)
 
     def loss_fn(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return loss(model, images, targets)
@@ -113,7 +110,7 @@ def train_network(
     train(model, data, loss_fn, params, checkpoints, torch_device, name)
     arch = {"backbone": params.backbone, "output_stride": params.output_stride, **arch}
     save_model(
-        out,
+        io.out,
         model.cpu(),
         kind,
         arch,
@@ -122,7 +119,7 @@ def train_network(
         epochs=params.epochs,
         settings=asdict(params),
     )
-    log.info("wrote %s", out)
+    log.info("wrote %s", io.out)
     return model
 
 

@@ -23,7 +23,7 @@ rule affinity_labels:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss affinity-labels --manifest {input.manifest} --cams {input.cams}"
+        "wsss affinity-labels --manifest {input.manifest} --maps {input.cams}"
         " --out {output.labels} --shard {wildcards.shard} --num-shards {params.num_shards}"
         " --split {params.split} {params.flags} > {log} 2>&1"
 
@@ -97,7 +97,7 @@ rule random_walk:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss random-walk --manifest {input.manifest} --cams {input.cams} --model {input.model}"
+        "wsss random-walk --manifest {input.manifest} --maps {input.cams} --model {input.model}"
         " --out {output.maps} --shard {wildcards.shard} --num-shards {params.num_shards}"
         " --split {params.split} --device {params.device} {params.flags} > {log} 2>&1"
 

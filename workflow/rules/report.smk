@@ -60,5 +60,5 @@ rule report_examples:
         "../../envs/wsss.yaml"
     shell:
         "wsss figure --manifest {input.manifest} --split {params.split} --out {output.panel}"
-        " --cams {input.cams} --labels {params.labels} --model {input.model} --count 6"
+        " --maps {input.cams} --labels {params.labels} --model {input.model} --count 6"
         " > {log} 2>&1"

@@ -8,16 +8,9 @@ per shard, at the image resolution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from wsss.settings import CRFParams, ShardIO
+from wsss.settings import CRFParams, MapsToLabelsIO
 from wsss.stage import Stage, arg
-
-
-@dataclass(frozen=True, kw_only=True)
-class IO(ShardIO):
-    cams: tuple[Path, ...] = arg(help="CAM shard files (HDF5)")
-    out: Path = arg(help="directory of label PNGs to write")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,20 +22,20 @@ class Params(CRFParams):
     confidence: float = arg(0.7, "without a background class: CRF probability of a sure pixel")
 
 
-def run(io: IO, params: Params) -> None:
+def run(io: MapsToLabelsIO, params: Params) -> None:
     """Write ``io.out/<id>.png`` for every image of one shard (the directory atomically)."""
     import logging
 
     from wsss.atomic import atomic_dir
-    from wsss.common import progress, shard_records
-    from wsss.data.manifest import Manifest, read_image
+    from wsss.common import progress, shard_job
+    from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
     from wsss.label_maps import confident_regions
     from wsss.store import MapsReader
 
-    manifest = Manifest.load(io.manifest)
-    records = shard_records(manifest.split(io.split), io.shard, io.num_shards)
-    with MapsReader(io.cams) as reader, atomic_dir(io.out) as tmp:
+    job = shard_job(io)
+    manifest, records = job.manifest, job.records
+    with MapsReader(io.maps) as reader, atomic_dir(io.out) as tmp:
         reader.check_covers([r.id for r in records])
         for rec in progress(records, f"affinity labels shard {io.shard}", "img"):
             item = reader[rec.id]
@@ -61,5 +54,9 @@ def run(io: IO, params: Params) -> None:
 
 
 STAGE = Stage(
-    "affinity-labels", "confident regions from CAMs + dCRF, one PNG per image", IO, Params, run
+    "affinity-labels",
+    "confident regions from CAMs + dCRF, one PNG per image",
+    MapsToLabelsIO,
+    Params,
+    run,
 )

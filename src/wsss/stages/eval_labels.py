@@ -7,17 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import MANIFEST_HELP
+from wsss.settings import ScoreIO
 from wsss.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
-class IO:
-    manifest: Path = arg(help=MANIFEST_HELP)
+class IO(ScoreIO):
     labels: tuple[Path, ...] = arg(help="directories of <id>.png label maps")
-    out: Path = arg(help="metrics JSON to write")
-    stage: str = arg(help="name recorded in the metrics (aff_labels, pseudo, seg)")
-    split: str = arg("train", "split to score (its images with masks)")
 
 
 def run(io: IO, params: None = None) -> dict:

@@ -12,17 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import MANIFEST_HELP
+from wsss.settings import ScoreIO
 from wsss.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
-class IO:
-    manifest: Path = arg(help=MANIFEST_HELP)
-    maps: tuple[Path, ...] = arg(help="maps shard files (HDF5)")
-    out: Path = arg(help="metrics JSON to write")
-    stage: str = arg(help="name recorded in the metrics (cam, rw)")
-    split: str = arg("train", "split to score (its images with masks)")
+class IO(ScoreIO):
+    maps: tuple[Path, ...] = arg(help="class-map shard files (HDF5)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ class IO:
     manifest: Path = arg(help=MANIFEST_HELP)
     split: str = arg("train", "split the images come from")
     out: Path = arg(help="panel PNG to write")
-    cams: tuple[Path, ...] = arg((), "CAM shard files (shown as a heat map)")
+    maps: tuple[Path, ...] = arg((), "CAM shard files (shown as a heat map)")
     labels: tuple[str, ...] = arg(
         (), "TITLE=DIR: directories of <id>.png label maps with a column title"
     )
@@ -53,11 +53,11 @@ def run(io: IO, params: None = None) -> None:
             raise ValueError(f"--labels takes TITLE=DIR, not '{item}'")
         grouped.setdefault(title, []).append(directory)
     labels = {title: find_labels(dirs) for title, dirs in grouped.items()}
-    titles = ["image", *(["CAM"] if io.cams else []), *labels]
+    titles = ["image", *(["CAM"] if io.maps else []), *labels]
     titles += [*(["prediction"] if io.model else []), "ground truth"]
     segmenter = load_model(io.model, "seg").model if io.model else None
     rows = []
-    reader = MapsReader(io.cams) if io.cams else None
+    reader = MapsReader(io.maps) if io.maps else None
     for image_id in chosen:
         rec = records[image_id]
         image = read_image(rec.image)

@@ -6,16 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import DEVICE_HELP, SegmentParams, ShardIO
+from wsss.settings import NetShardIO, SegmentParams
 from wsss.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
-class IO(ShardIO):
+class IO(NetShardIO):
     split: str = arg("val", "split whose images are segmented")
-    model: Path = arg(help="segmentation model file (train-seg)")
     out: Path = arg(help="directory of label PNGs to write")
-    device: str = arg("auto", DEVICE_HELP)
 
 
 def run(io: IO, params: SegmentParams) -> None:
@@ -23,16 +21,14 @@ def run(io: IO, params: SegmentParams) -> None:
     import logging
 
     from wsss.atomic import atomic_dir
-    from wsss.common import pick_device, progress, shard_records
+    from wsss.common import progress, shard_job
     from wsss.data.datasets import to_tensor
-    from wsss.data.manifest import Manifest, read_image
+    from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
     from wsss.inference import labels_from_probs, segment
-    from wsss.models.registry import load_model
 
-    manifest = Manifest.load(io.manifest)
-    records = shard_records(manifest.split(io.split), io.shard, io.num_shards)
-    model = load_model(io.model, "seg", pick_device(io.device)).model
+    job = shard_job(io, "seg")
+    model, records = job.model, job.records
     with atomic_dir(io.out) as tmp:
         batches = [
             records[i : i + params.batch_size] for i in range(0, len(records), params.batch_size)

@@ -9,11 +9,6 @@ from wsss.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
-class IO:
-    out: Path = arg(help="dataset directory to write (replaced atomically)")
-
-
-@dataclass(frozen=True, kw_only=True)
 class Params:
     """Size of the generated dataset; the same settings give byte-identical files."""
 
@@ -21,6 +16,11 @@ class Params:
     num_train: int = arg(160, "train images")
     num_val: int = arg(48, "val images")
     image_size: int = arg(160, "image side (pixels)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IO:
+    out: Path = arg(help="dataset directory to write (replaced atomically)")
 
 
 def run(io: IO, params: Params) -> None:

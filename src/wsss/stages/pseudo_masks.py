@@ -5,16 +5,9 @@ has one); one palette PNG per image."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from wsss.settings import CRFParams, ShardIO
+from wsss.settings import CRFParams, MapsToLabelsIO
 from wsss.stage import Stage, arg
-
-
-@dataclass(frozen=True, kw_only=True)
-class IO(ShardIO):
-    maps: tuple[Path, ...] = arg(help="refined-map shard files (HDF5)")
-    out: Path = arg(help="directory of pseudo-mask PNGs to write")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,19 +18,19 @@ class Params(CRFParams):
     crf: bool = arg(True, "refine with a dense CRF before the argmax")
 
 
-def run(io: IO, params: Params) -> None:
+def run(io: MapsToLabelsIO, params: Params) -> None:
     """Write ``io.out/<id>.png`` for every image of one shard (the directory atomically)."""
     import logging
 
     from wsss.atomic import atomic_dir
-    from wsss.common import progress, shard_records
-    from wsss.data.manifest import Manifest, read_image
+    from wsss.common import progress, shard_job
+    from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
     from wsss.label_maps import pseudo_mask
     from wsss.store import MapsReader, StoreError
 
-    manifest = Manifest.load(io.manifest)
-    records = shard_records(manifest.split(io.split), io.shard, io.num_shards)
+    job = shard_job(io)
+    manifest, records = job.manifest, job.records
     with MapsReader(io.maps) as reader, atomic_dir(io.out) as tmp:
         reader.check_covers([r.id for r in records])
         alpha_index = None
@@ -57,4 +50,6 @@ def run(io: IO, params: Params) -> None:
     logging.getLogger(__name__).info("wrote %d pseudo-masks to %s", len(records), io.out)
 
 
-STAGE = Stage("pseudo-masks", "pseudo-masks of one shard from refined maps", IO, Params, run)
+STAGE = Stage(
+    "pseudo-masks", "pseudo-masks of one shard from refined maps", MapsToLabelsIO, Params, run
+)

@@ -7,16 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import DEVICE_HELP, ShardIO
+from wsss.settings import MapsShardIO, NetShardIO
 from wsss.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
-class IO(ShardIO):
-    cams: tuple[Path, ...] = arg(help="CAM shard files (HDF5)")
-    model: Path = arg(help="AffinityNet model file (train-aff)")
+class IO(NetShardIO, MapsShardIO):
     out: Path = arg(help="refined-map shard file (HDF5) to write")
-    device: str = arg("auto", DEVICE_HELP)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,32 +31,17 @@ class Params:
 
 def run(io: IO, params: Params) -> None:
     """Write the refined maps of every image of one shard to ``io.out``."""
-    import logging
-
-    import torch
-
-    from wsss.common import pick_device, progress, shard_records
+    from wsss.common import progress, shard_job
     from wsss.data.datasets import to_tensor
-    from wsss.data.manifest import Manifest, read_image
-    from wsss.models.registry import load_model
+    from wsss.data.manifest import read_image
     from wsss.randomwalk import GRID, refine
     from wsss.store import MapsReader, MapsWriter
 
-    manifest = Manifest.load(io.manifest)
-    records = shard_records(manifest.split(io.split), io.shard, io.num_shards)
-    device = pick_device(io.device)
-    model = load_model(io.model, "affinity", device).model
+    job = shard_job(io, "affinity")
+    manifest = job.manifest
     alphas = params.alphas if manifest.has_background else ()
-    logging.getLogger(__name__).info(
-        "random walk on %d images (shard %d/%d) on %s (%d threads)",
-        len(records),
-        io.shard,
-        io.num_shards,
-        device,
-        torch.get_num_threads(),
-    )
     with (
-        MapsReader(io.cams) as reader,
+        MapsReader(io.maps) as reader,
         MapsWriter(
             io.out,
             "rw",
@@ -71,11 +53,11 @@ def run(io: IO, params: Params) -> None:
             alphas=alphas,
         ) as writer,
     ):
-        reader.check_covers([r.id for r in records])
-        for rec in progress(records, f"random walk shard {io.shard}", "img"):
+        reader.check_covers([r.id for r in job.records])
+        for rec in progress(job.records, f"random walk shard {io.shard}", "img"):
             item = reader[rec.id]
             fg, bg = refine(
-                model,
+                job.model,
                 to_tensor(read_image(rec.image)),
                 item.maps,
                 manifest.has_background,

@@ -62,11 +62,8 @@ def run(io: IO, params: Params) -> None:
 
     train_network(
         "train-aff",
+        io,
         params,
-        device=io.device,
-        manifest=io.manifest,
-        state_dir=io.state_dir,
-        out=io.out,
         build=lambda backbone: AffinityNet(backbone, params.widths),
         dataset=lambda augment: ImageMasks(records, labels, augment, params.seed),
         loss=loss,

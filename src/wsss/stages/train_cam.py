@@ -31,11 +31,8 @@ def run(io: TrainIO, params: Params) -> None:
     num_classes = len(manifest.classes)
     train_network(
         "train-cam",
+        io,
         params,
-        device=io.device,
-        manifest=io.manifest,
-        state_dir=io.state_dir,
-        out=io.out,
         build=lambda backbone: CAMNet(backbone, num_classes, params.head_channels),
         dataset=lambda augment: ImageLabels(records, num_classes, augment, params.seed),
         loss=lambda model, images, targets: F.multilabel_soft_margin_loss(

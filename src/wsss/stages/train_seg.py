@@ -56,11 +56,8 @@ def run(io: IO, params: Params) -> None:
     arch = {k: getattr(params, k) for k in ("head", "head_channels", "head_dilation")}
     train_network(
         f"train-seg ({params.supervision})",
+        io,
         params,
-        device=io.device,
-        manifest=io.manifest,
-        state_dir=io.state_dir,
-        out=io.out,
         build=lambda backbone: SegNet(backbone, manifest.num_labels, **arch),
         dataset=lambda augment: ImageMasks(records, masks, augment, params.seed),
         loss=lambda model, images, targets: F.cross_entropy(

@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from wsss.errors import TrainingFailed
+
     io = values_of(stage.io, args)
     params = values_of(stage.params, args) if stage.params is not None else None
     try:
@@ -108,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             claim()
         stage.run(io, params)
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (FileNotFoundError, ValueError, KeyError, TrainingFailed) as err:
         # DatasetError, StoreError, ModelFileError and ConfigError are ValueErrors.
         if args.verbose:
             raise

@@ -134,6 +134,7 @@ def check_history(
     margin: float = 5.0,
     window: int = 3,
     advice_prefix: str = "cam.train",
+    prior_name: str = "the label frequencies alone",
 ) -> list[Problem]:
     """Problems in a training run so far (empty list: healthy).
 
@@ -179,9 +180,9 @@ def check_history(
         if not final >= prior + margin:
             problems.append(
                 Problem(
-                    f"held-out {metric} is no better than the label prior",
-                    f"final held-out {metric} {final:.1f} % against {prior:.1f} % from the "
-                    f"label frequencies alone (needs a margin of {margin:g} points); "
+                    f"held-out {metric} is no better than the trivial prior",
+                    f"final held-out {metric} {final:.1f} % against {prior:.1f} % from "
+                    f"{prior_name} (needs a margin of {margin:g} points); "
                     f"per epoch: {_series(held_out, '.1f')}",
                     f"{_lower_lr(advice_prefix)}; if the loss is falling normally, check that "
                     "the image labels match the images",

@@ -67,6 +67,23 @@ ARTEFACTS: dict[str, Artefact] = {
 }
 
 
+# The trained networks of each method: artefact -> model file (relative to the experiment).
+NETWORKS: dict[str, dict[str, str]] = {
+    "psa": {
+        "cam_model": "cam/model.pt",
+        "aff_model": "aff/model.pt",
+        "seg_model": "seg/model.pt",
+        "seg_full_model": "seg_full/model.pt",
+    },
+}
+
+
+def networks_of(config: dict) -> dict[str, str]:
+    """The trained networks a workflow config asks for: artefact -> model file."""
+    found = NETWORKS[config.get("method", "psa")]
+    return {k: v for k, v in found.items() if config["seg"]["full_bound"] or k != "seg_full_model"}
+
+
 def steps(method: str = "psa", full_bound: bool = True) -> tuple[Step, ...]:
     """The scored steps of ``method`` in pipeline order (the bound only if asked for)."""
     if method not in STEPS:

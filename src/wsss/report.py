@@ -27,9 +27,24 @@ def _title(key: str, metrics: dict) -> str:
     return f"{step.title if step else key} ({metrics.get('split', '?')} split)"
 
 
-def stage_table(metrics: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> None:
+def health(histories: Sequence[str | os.PathLike[str]]) -> list[dict]:
+    """The verdict of each training (``health.json`` beside its ``training.csv``)."""
+    found = []
+    for path in histories:
+        verdict = Path(path).with_name("health.json")
+        if verdict.exists():
+            found.append({"dir": Path(path).parent.name, **json.loads(verdict.read_text())})
+    return found
+
+
+def stage_table(
+    metrics: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    histories: Sequence[str | os.PathLike[str]] = (),
+) -> None:
     """An HTML table: one row per stage (mIoU, images, split, best background, floor), and
-    the weak / full supervision ratio when both segmentation runs exist."""
+    the weak / full supervision ratio when both segmentation runs exist; then one row per
+    trained network: its final held-out score against its trivial prior."""
     found = _load(metrics)
     rows = []
     for stem, m in found.items():
@@ -50,10 +65,77 @@ def stage_table(metrics: Sequence[str | os.PathLike[str]], out: str | os.PathLik
         "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}</style></head><body>"
         "<table><tr><th>stage</th><th>mIoU (%)</th><th>images</th><th>best background</th>"
-        "<th>trivial floor</th></tr>" + "".join(rows) + "</table></body></html>"
+        "<th>trivial floor</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + _health_table(histories)
+        + "</body></html>"
     )
     with atomic_path(out) as tmp:
         tmp.write_text(page)
+
+
+def _health_table(histories: Sequence[str | os.PathLike[str]]) -> str:
+    rows = []
+    for v in health(histories):
+        if v["metric"] is None:
+            continue
+        state = (
+            "healthy"
+            if v["healthy"]
+            else "; ".join(f"{p['what']} ({p['seen']})" for p in v["problems"])
+        )
+        rows.append(
+            f"<tr><td>{html.escape(v['dir'])}</td><td>{html.escape(v['metric'])}</td>"
+            f"<td>{v['final']:.2f}</td><td>{v['prior']:.2f}</td>"
+            f"<td>{v['final_loss']:.4f}</td><td>{html.escape(state)}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        "<h3>Training health (held-out images)</h3><table><tr><th>network</th><th>score</th>"
+        "<th>final (%)</th><th>trivial prior (%)</th><th>final loss</th><th>verdict</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def training_curves(
+    histories: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
+) -> None:
+    """Per trained network (a ``training.csv`` each): the training loss and the held-out
+    score per epoch, with the trivial prior as a dashed line (PNG)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for path in histories:
+        with open(path, newline="") as fh:
+            runs.append((Path(path).parent.name, list(csv.DictReader(fh))))
+    fig, axes = plt.subplots(2, len(runs), figsize=(3.2 * len(runs) + 1, 5.2), squeeze=False)
+    for column, (name, rows) in enumerate(runs):
+        epochs = [int(r["epoch"]) for r in rows]
+        loss_ax, score_ax = axes[0][column], axes[1][column]
+        loss_ax.plot(epochs, [float(r["loss"]) for r in rows], marker="o")
+        loss_ax.set_title(name)
+        loss_ax.set_ylabel("training loss")
+        loss_ax.grid(alpha=0.3)
+        metrics = [k for k in rows[0] if k.startswith("val_") and not k.endswith("_prior")]
+        for metric in metrics[:1] + [m for m in metrics[1:] if m == "val_top1"]:
+            score_ax.plot(epochs, [float(r[metric]) for r in rows], marker="o", label=metric)
+        priors = [k for k in rows[0] if k.endswith("_prior")]
+        if priors:
+            score_ax.axhline(float(rows[-1][priors[0]]), ls="--", c="grey", label="prior")
+        score_ax.set_xlabel("epoch")
+        score_ax.set_ylabel("held-out score (%)")
+        score_ax.set_ylim(0, 100)
+        score_ax.grid(alpha=0.3)
+        score_ax.legend(fontsize=7)
+    save_figure(fig, out)
 
 
 def per_class_plot(metrics: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> None:

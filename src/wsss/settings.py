@@ -43,6 +43,13 @@ class TrainParams:
     seed: int = arg(0, "random seed (weights of new layers, augmentation, batch order)")
     num_workers: int = arg(2, "data-loading worker processes")
     amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
+    warmup_epochs: float = arg(0.0, "linear learning-rate warm-up (epochs; 0: none)")
+    clip_norm: float = arg(0.0, "clip the gradient norm to this (0: no clipping)")
+    health: str = arg(
+        "stop",
+        "a training that fails its health checks: stop the run, warn, or ignore it",
+        choices=("stop", "warn", "ignore"),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +99,9 @@ class TrainIO:
     out: Path = arg(help="model file to write")
     state_dir: Path = arg(help="directory of the per-epoch training state (resume)")
     split: str = arg("train", "split to train on")
+    held_out: str = arg(
+        "val", "split whose images score the training's health after every epoch ('': none)"
+    )
     device: str = arg("auto", DEVICE_HELP)
 
 

@@ -38,6 +38,26 @@ def summarize(run_dir: str | os.PathLike[str]) -> str:
             json.loads(full.read_text())["miou"], 1e-9
         )
         lines.append(f"{'weak / full supervision':<50} {ratio:6.2f}")
+    verdicts = [
+        (name, json.loads((run / name / "health.json").read_text()))
+        for name in ("cam", "aff", "seg", "seg_full")
+        if (run / name / "health.json").exists()
+    ]
+    if verdicts:
+        lines += [
+            "",
+            f"{'training health (held-out images)':<34} {'score':>6} {'prior':>6}  verdict",
+        ]
+    for name, v in verdicts:
+        if v["metric"] is None:
+            lines.append(f"  {name:<32} {'':>6} {'':>6}  not measured")
+            continue
+        verdict = (
+            "healthy" if v["healthy"] else "FAILED: " + "; ".join(p["what"] for p in v["problems"])
+        )
+        lines.append(
+            f"  {name + ' ' + v['metric']:<32} {v['final']:6.2f} {v['prior']:6.2f}  {verdict}"
+        )
     lines += ["", "Artefacts:"]
     for pattern, what in [
         ("dataset.json", "dataset manifest (splits, labels)"),
@@ -50,6 +70,7 @@ def summarize(run_dir: str | os.PathLike[str]) -> str:
         ("seg/model.pt", "segmentation network (wsss predict)"),
         ("seg_full/model.pt", "fully supervised bound"),
         ("pred/seg/shard-*", "val predictions (PNG per image)"),
+        ("*/training.csv", "per-epoch training history (CSV)"),
         ("report/*", "report figures (snakemake --report report.html)"),
         ("metrics/*.json", "metrics"),
         ("logs/*.log", "logs per job"),

@@ -4,11 +4,13 @@ per-epoch checkpoints that a rerun resumes from, and the model file at the end."
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,60 +20,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from wsss.atomic import save_torch
+from wsss.atomic import atomic_path, save_torch, write_json
 from wsss.common import autocast, pick_device, progress
 from wsss.data.datasets import Augment
+from wsss.errors import TrainingFailed
+from wsss.health import Problem, check_history
+from wsss.held_out import HeldOut
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.models.registry import save_model
 from wsss.settings import TrainIO, TrainParams
 
 log = logging.getLogger(__name__)
-
-
-def train(
-    model: nn.Module,
-    dataset: Dataset,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    params: TrainParams,
-    checkpoints: EpochCheckpoints,
-    device: torch.device,
-    name: str,
-) -> None:
-    """Train ``model`` (already on ``device``) with SGD: its ``backbone`` at the pretrained
-    learning rates, its ``new_modules()`` at the new layers'; the backbone's batch norm
-    frozen when ``params.freeze_bn``; see :func:`fit` for the loop."""
-    pretrained = model.backbone
-    if params.freeze_bn:
-        freeze_batchnorm(pretrained)
-    groups = param_groups(
-        [pretrained], model.new_modules(), params.weight_decay, params.lr_multipliers
-    )
-    optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum)
-    loader = make_loader(dataset, params.batch_size, params.num_workers, device, params.seed)
-    log.info(
-        "%s: %d images, %d epochs x %d steps on %s (%d threads)",
-        name,
-        len(dataset),
-        params.epochs,
-        len(loader),
-        device,
-        torch.get_num_threads(),
-    )
-    fit(
-        model,
-        loader,
-        optimizer,
-        loss_fn,
-        checkpoints,
-        epochs=params.epochs,
-        base_lr=params.lr,
-        poly_power=params.poly_power,
-        device=device,
-        amp=params.amp,
-        seed=params.seed,
-        frozen_bn=pretrained if params.freeze_bn else None,
-        name=name,
-    )
 
 
 def train_network(
@@ -85,42 +44,128 @@ def train_network(
     kind: str,
     arch: dict,
     label_names: Sequence[str],
+    held_out: Callable[[], HeldOut | None] = lambda: None,
+    config_key: str = "",
     inputs: Sequence[Path] = (),
 ) -> nn.Module:
-    """Train one network and write its model file; what every training stage calls.
+    """Train one network, check its health, and write its model file; what every training
+    stage calls.
 
     ``build(backbone)`` makes the network around the backbone of ``params`` (it has
     ``backbone`` and ``new_modules()``); ``dataset(augment)`` the training set;
-    ``loss(model, inputs, targets)`` the scalar loss of a batch. ``inputs``: files whose
-    contents the training depends on besides the manifest (label maps): a rerun resumes
-    from ``state_dir`` only if they and the settings are unchanged. ``kind``, ``arch`` and
-    ``label_names`` go into the model file ``io.out`` (:mod:`wsss.models.registry`).
+    ``loss(model, inputs, targets)`` the scalar loss of a batch; ``held_out()`` how its
+    health is measured after every epoch (None: not measured). SGD with the backbone at
+    the pretrained learning rates and the new modules at the new layers'; the backbone's
+    batch norm frozen when ``params.freeze_bn``. ``inputs``: files whose contents the
+    training depends on besides the manifest (label maps): a rerun resumes from
+    ``io.state_dir`` only if they and the settings are unchanged. ``kind``, ``arch`` and
+    ``label_names`` go into the model file ``io.out`` (:mod:`wsss.models.registry`); the
+    per-epoch history goes to ``training.csv`` and the verdict to ``health.json`` beside it.
+    A failed health check raises :class:`TrainingFailed` (no model file) unless
+    ``params.health`` is ``warn``. ``config_key`` (``cam.train``) names the settings in
+    the advice.
     """
     set_seed(params.seed)
-    torch_device = pick_device(io.device)
+    device = pick_device(io.device)
     backbone = build_backbone(params.backbone, params.output_stride, params.weights)
-    model = build(backbone).to(torch_device)
+    model = build(backbone).to(device)
     data = dataset(Augment(params.crop_size, params.scale_range, True, params.jitter))
     stamp = fingerprint(asdict(params), Path(io.manifest), *inputs)
     checkpoints = EpochCheckpoints(io.state_dir, stamp)
-
-    def loss_fn(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return loss(model, images, targets)
-
-    train(model, data, loss_fn, params, checkpoints, torch_device, name)
-    arch = {"backbone": params.backbone, "output_stride": params.output_stride, **arch}
+    if params.freeze_bn:
+        freeze_batchnorm(model.backbone)
+    groups = param_groups(
+        [model.backbone], model.new_modules(), params.weight_decay, params.lr_multipliers
+    )
+    optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum)
+    loader = make_loader(data, params.batch_size, params.num_workers, device, params.seed)
+    log.info(
+        "%s: %d images, %d epochs x %d steps on %s (%d threads)",
+        name,
+        len(data),
+        params.epochs,
+        len(loader),
+        device,
+        torch.get_num_threads(),
+    )
+    health = held_out() if params.health != "ignore" else None
+    out_dir = Path(io.out).parent
+    history = fit(
+        model,
+        loader,
+        optimizer,
+        lambda images, targets: loss(model, images, targets),
+        checkpoints,
+        params,
+        device=device,
+        name=name,
+        held_out=health,
+        history_csv=out_dir / "training.csv",
+    )
+    check_health(model, history, health, params, out_dir / "health.json", name, config_key)
     save_model(
         io.out,
         model.cpu(),
         kind,
-        arch,
+        {"backbone": params.backbone, "output_stride": params.output_stride, **arch},
         label_names,
         fingerprint=stamp,
         epochs=params.epochs,
         settings=asdict(params),
+        history=history,
     )
     log.info("wrote %s", io.out)
     return model
+
+
+def check_health(
+    model: nn.Module,
+    history: list[dict],
+    held_out: HeldOut | None,
+    params: TrainParams,
+    out: Path,
+    name: str,
+    config_key: str,
+) -> list[Problem]:
+    """Judge a finished training (write ``out``, JSON); raise :class:`TrainingFailed` on a
+    problem when ``params.health`` is ``stop``, else log it as a warning."""
+    losses = [row["loss"] for row in history]
+    problems = []
+    if held_out is not None:
+        scores = [row[held_out.metric] for row in history if held_out.metric in row]
+        problems = check_history(
+            losses,
+            scores,
+            held_out.prior,
+            metric=held_out.metric,
+            prior_name=held_out.prior_name,
+            advice_prefix=config_key,
+        )
+        model.eval()
+        with torch.no_grad():
+            problems += held_out.final_checks(model)
+    else:
+        problems = check_history(losses, None, None, advice_prefix=config_key)
+    verdict = {
+        "network": name,
+        "healthy": not problems,
+        "metric": held_out.metric if held_out else None,
+        "final": history[-1].get(held_out.metric) if held_out and history else None,
+        "prior": held_out.prior if held_out else None,
+        "prior_name": held_out.prior_name if held_out else None,
+        "final_loss": losses[-1] if losses else None,
+        "problems": [asdict(p) for p in problems],
+    }
+    write_json(out, verdict)
+    for problem in problems:
+        log.warning("%s: %s", name, problem)
+    if problems and params.health == "stop":
+        raise TrainingFailed(
+            f"{name} failed its health checks (details in {out}; "
+            f"set {config_key or 'train'}.health: warn to keep the model anyway):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+    return problems
 
 
 def set_seed(seed: int) -> None:
@@ -163,10 +208,18 @@ def param_groups(
 
 
 def set_poly_lr(
-    optimizer: torch.optim.Optimizer, base_lr: float, step: int, max_steps: int, power: float = 0.9
+    optimizer: torch.optim.Optimizer,
+    base_lr: float,
+    step: int,
+    max_steps: int,
+    power: float = 0.9,
+    warmup_steps: int = 0,
 ) -> float:
-    """lr = base_lr * (1 - step / max_steps) ** power, times each group's ``lr_mult``."""
+    """lr = base_lr * (1 - step / max_steps) ** power, times each group's ``lr_mult``; over
+    the first ``warmup_steps`` steps also times (step + 1) / warmup_steps (linear warm-up)."""
     lr = base_lr * (1.0 - min(step, max_steps) / max_steps) ** power
+    if step < warmup_steps:
+        lr *= (step + 1) / warmup_steps
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
     return lr
@@ -186,36 +239,40 @@ def fingerprint(*parts: object) -> str:
 class EpochCheckpoints:
     """Per-epoch training state in ``state_dir`` so that an interrupted run resumes.
 
-    ``state_dir/last.pt`` holds model, optimizer and the number of finished epochs, and the
-    fingerprint of the settings; a state whose fingerprint differs is not resumed.
+    ``state_dir/last.pt`` holds model, optimizer, the number of finished epochs and their
+    history (JSON), and the fingerprint of the settings; a state whose fingerprint differs
+    is not resumed.
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], fingerprint: str):
         self.path = Path(state_dir) / "last.pt"
         self.fingerprint = fingerprint
 
-    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-        """Load the last state if it matches; returns the number of finished epochs."""
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[dict]:
+        """Load the last state if it matches; returns the history of the finished epochs
+        (one dict per epoch; empty: start from scratch)."""
         if not self.path.exists():
-            return 0
+            return []
         state = torch.load(self.path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") != self.fingerprint:
             log.info("ignoring %s: it was written with other settings", self.path)
-            return 0
+            return []
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         log.info("resuming from %s after epoch %d", self.path, state["epoch"])
-        return int(state["epoch"])
+        history = json.loads(state.get("history", "[]"))
+        return history if len(history) == int(state["epoch"]) else [{}] * int(state["epoch"])
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-        """Record that ``epoch`` epochs are finished (atomic write)."""
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict]) -> None:
+        """Record that ``len(history)`` epochs are finished (atomic write)."""
         save_torch(
             self.path,
             {
                 "fingerprint": self.fingerprint,
-                "epoch": epoch,
+                "epoch": len(history),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "history": json.dumps(history),
             },
         )
 
@@ -226,52 +283,102 @@ def fit(
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     checkpoints: EpochCheckpoints,
+    params: TrainParams,
     *,
-    epochs: int,
-    base_lr: float,
-    poly_power: float,
     device: torch.device,
-    amp: bool,
-    seed: int,
-    frozen_bn: nn.Module | None = None,
     name: str = "train",
-) -> None:
-    """The epoch loop every training stage shares.
+    held_out: HeldOut | None = None,
+    history_csv: Path | None = None,
+) -> list[dict]:
+    """The epoch loop every training shares; returns the per-epoch history.
 
-    Resumes after the last finished epoch recorded by ``checkpoints``; per step sets the
-    poly learning rate, computes ``loss_fn(inputs, targets)`` (inputs and targets already on
-    ``device``, under autocast when ``amp``), steps the optimizer; per epoch logs the mean
-    loss and saves the state. The loader's dataset must be :class:`EpochSeeded`-like (an
-    ``epoch`` attribute) and its generator is reseeded per epoch, so that a resumed run
-    sees the same batches as an uninterrupted one.
+    Resumes after the last finished epoch recorded by ``checkpoints``. Per step: the poly
+    learning rate (after a linear warm-up of ``params.warmup_epochs``), ``loss_fn(inputs,
+    targets)`` (on ``device``, under autocast when ``params.amp``), gradients clipped to
+    the norm ``params.clip_norm`` (0: not clipped), an SGD step; a loss that is not finite
+    stops the training at once (:class:`TrainingFailed`). Per epoch: the mean loss, the
+    learning rate, the mean gradient norm, seconds and images per second, and the
+    ``held_out`` scores go into the history (and ``history_csv``), and the state is saved.
+    The loader's dataset must be :class:`EpochSeeded`-like (an ``epoch`` attribute) and
+    its generator is reseeded per epoch, so a resumed run sees the same batches as an
+    uninterrupted one.
     """
     steps_per_epoch = len(loader)
-    max_steps = epochs * steps_per_epoch
-    start = checkpoints.resume(model, optimizer)
-    for epoch in range(start, epochs):
+    max_steps = params.epochs * steps_per_epoch
+    warmup = round(params.warmup_epochs * steps_per_epoch)
+    frozen = model.backbone if params.freeze_bn else None
+    history = checkpoints.resume(model, optimizer)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
+    for epoch in range(len(history), params.epochs):
         model.train()
-        if frozen_bn is not None:
-            freeze_batchnorm(frozen_bn)
+        if frozen is not None:
+            freeze_batchnorm(frozen)
         loader.dataset.epoch = epoch
-        loader.generator.manual_seed(seed + epoch)
-        total, seen = 0.0, 0
-        bar = progress(loader, f"{name} epoch {epoch + 1}/{epochs}", "batch")
+        loader.generator.manual_seed(params.seed + epoch)
+        total, seen, norms, start = 0.0, 0, [], time.perf_counter()
+        bar = progress(loader, f"{name} epoch {epoch + 1}/{params.epochs}", "batch")
         for step, (inputs, targets) in enumerate(bar):
             lr = set_poly_lr(
-                optimizer, base_lr, epoch * steps_per_epoch + step, max_steps, poly_power
+                optimizer,
+                params.lr,
+                epoch * steps_per_epoch + step,
+                max_steps,
+                params.poly_power,
+                warmup,
             )
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            with autocast(device, amp):
+            with autocast(device, params.amp):
                 loss = loss_fn(inputs, targets)
+            if not torch.isfinite(loss):
+                raise TrainingFailed(
+                    f"{name}: the loss became {loss.item()} at epoch {epoch + 1}, step "
+                    f"{step + 1}. Try: a lower learning rate (lr), a longer warm-up "
+                    "(warmup_epochs) or gradient clipping (clip_norm)"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(trained, params.clip_norm or float("inf"))
+            norms.append(float(norm))
             optimizer.step()
             total += loss.item() * len(inputs)
             seen += len(inputs)
             bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{lr:.2e}", refresh=False)
-        log.info("%s epoch %d/%d: loss %.4f", name, epoch + 1, epochs, total / max(seen, 1))
-        checkpoints.save(model, optimizer, epoch + 1)
+        seconds = time.perf_counter() - start
+        row = {
+            "epoch": epoch + 1,
+            "loss": round(total / max(seen, 1), 6),
+            "lr": lr,
+            "grad_norm": round(float(np.mean(norms)), 4),
+            "seconds": round(seconds, 1),
+            "images_per_s": round(seen / max(seconds, 1e-9), 2),
+        }
+        if held_out is not None:
+            model.eval()
+            with torch.no_grad():
+                row.update(held_out.measure(model))
+            row[f"{held_out.metric}_prior"] = held_out.prior
+        history.append(row)
+        log.info(
+            "%s epoch %d/%d: %s",
+            name,
+            epoch + 1,
+            params.epochs,
+            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
+        )
+        checkpoints.save(model, optimizer, history)
+        if history_csv is not None:
+            write_history(history_csv, history)
+    return history
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """The per-epoch history as CSV (one row per epoch; columns of every row), atomically."""
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns)
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def make_loader(

@@ -56,6 +56,7 @@ rule train_aff:
     params:
         flags=section("affinity", "train"),
         split=setting("dataset", "train_split"),
+        held_out=setting("dataset", "val_split"),
         device=setting("device"),
         state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
@@ -71,6 +72,7 @@ rule train_aff:
     shell:
         "wsss train-aff --manifest {input.manifest} --labels {input.labels}"
         " --out {output.model} --state-dir {params.state} --split {params.split}"
+        " --held-out {params.held_out}"
         " --device {params.device} {params.flags} > {log} 2>&1"
 
 

@@ -9,6 +9,7 @@ rule train_cam:
     params:
         flags=section("cam", "train"),
         split=setting("dataset", "train_split"),
+        held_out=setting("dataset", "val_split"),
         device=setting("device"),
         state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
@@ -23,7 +24,8 @@ rule train_cam:
         "../../envs/wsss.yaml"
     shell:
         "wsss train-cam --manifest {input.manifest} --out {output.model}"
-        " --state-dir {params.state} --split {params.split} --device {params.device}"
+        " --state-dir {params.state} --split {params.split} --held-out {params.held_out}"
+        " --device {params.device}"
         " {params.flags} > {log} 2>&1"
 
 

@@ -20,8 +20,11 @@ os.environ.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 RESULTS = config["results"]
 EXPERIMENTS = experiments.expand(config)
 for _exp in EXPERIMENTS.values():
-    validate(_exp.config, "../schemas/config.schema.yaml")
-    check_config(_exp.config, os.getcwd())
+    try:
+        validate(_exp.config, "../schemas/config.schema.yaml")
+        check_config(_exp.config, os.getcwd())
+    except Exception as err:
+        raise ValueError(f"experiment '{_exp.path}': {err}") from err
 COMPARE = bool(config.get("experiments"))
 COMPARISON = f"{RESULTS}/{config['run']}/comparison"
 
@@ -88,6 +91,13 @@ def metrics_of(exp: str) -> list[str]:
         at(exp, step.artefact, f"metrics/{step.key}.json")
         for step in pipeline.steps_of(EXPERIMENTS[exp].config)
     ]
+
+
+def models_of(exp: str) -> list[str]:
+    """The model file of every network an experiment trains (its training.csv and
+    health.json lie beside it)."""
+    config = EXPERIMENTS[exp].config
+    return [at(exp, artefact, path) for artefact, path in pipeline.networks_of(config).items()]
 
 
 def log(name: str) -> str:

@@ -5,6 +5,7 @@
 rule report_figures:
     input:
         metrics=lambda wc: metrics_of(wc.exp),
+        models=lambda wc: models_of(wc.exp),
     output:
         table=report(
             out("report/stages.html"),
@@ -20,6 +21,17 @@ rule report_figures:
             subcategory="{exp}",
             labels={"experiment": "{exp}", "figure": "per-class IoU"},
         ),
+        curves=report(
+            out("report/training.png"),
+            caption="../report/training.rst",
+            category="3. Training",
+            subcategory="{exp}",
+            labels={"experiment": "{exp}", "figure": "training curves"},
+        ),
+    params:
+        histories=lambda wc, input: [
+            os.path.join(os.path.dirname(m), "training.csv") for m in input.models
+        ],
     log:
         log("report_figures"),
     benchmark:
@@ -27,8 +39,8 @@ rule report_figures:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss report-figures --metrics {input.metrics} --table {output.table}"
-        " --plot {output.plot} > {log} 2>&1"
+        "wsss report-figures --metrics {input.metrics} --histories {params.histories}"
+        " --table {output.table} --plot {output.plot} --curves {output.curves} > {log} 2>&1"
 
 
 rule report_examples:

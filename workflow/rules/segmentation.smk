@@ -17,6 +17,7 @@ rule train_seg:
         flags=section("seg", "train"),
         supervision=lambda wc: "full" if wc.model == "seg_full" else "weak",
         split=setting("dataset", "train_split"),
+        held_out=setting("dataset", "val_split"),
         device=setting("device"),
         state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
@@ -32,7 +33,8 @@ rule train_seg:
     shell:
         "wsss train-seg --manifest {input.manifest} --labels {input.labels}"
         " --out {output.model} --state-dir {params.state} --supervision {params.supervision}"
-        " --split {params.split} --device {params.device} {params.flags} > {log} 2>&1"
+        " --split {params.split} --held-out {params.held_out} --device {params.device}"
+        " {params.flags} > {log} 2>&1"
 
 
 rule infer_seg:

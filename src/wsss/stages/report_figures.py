@@ -12,16 +12,22 @@ from wsss.stage import Stage, arg
 @dataclass(frozen=True, kw_only=True)
 class IO:
     metrics: tuple[Path, ...] = arg(help="metrics JSON files, in pipeline order")
+    histories: tuple[Path, ...] = arg((), "training.csv of each trained network")
     table: Path = arg(help="HTML table to write")
-    plot: Path = arg(help="PNG plot to write")
+    plot: Path = arg(help="PNG plot of per-class IoU to write")
+    curves: Path | None = arg(None, "PNG of the training curves to write (needs histories)")
 
 
 def run(io: IO, params: None = None) -> None:
     """Write the table and the plot of the given metrics files."""
-    from wsss.report import per_class_plot, stage_table
+    from wsss.report import per_class_plot, stage_table, training_curves
 
-    stage_table(io.metrics, io.table)
+    stage_table(io.metrics, io.table, io.histories)
     per_class_plot(io.metrics, io.plot)
+    if io.curves is not None:
+        training_curves(io.histories, io.curves)
 
 
-STAGE = Stage("report-figures", "a run's per-stage mIoU table and per-class plot", IO, None, run)
+STAGE = Stage(
+    "report-figures", "a run's stage table, per-class plot and training curves", IO, None, run
+)

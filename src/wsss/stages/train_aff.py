@@ -34,6 +34,7 @@ class Params(TrainParams):
 
 def run(io: IO, params: Params) -> None:
     """Train on the images of ``io.split`` with the affinity labels in ``io.labels``."""
+    from wsss import held_out
     from wsss.common import find_labels
     from wsss.data.datasets import ImageMasks
     from wsss.data.manifest import DatasetError, Manifest
@@ -71,6 +72,12 @@ def run(io: IO, params: Params) -> None:
         arch={"widths": params.widths},
         label_names=manifest.label_names,
         inputs=[Path(labels[r.id]) for r in records],  # their contents, not only names
+        held_out=lambda: (
+            held_out.affinity(manifest.split(io.held_out), params.radius, params.crop_size, GRID)
+            if io.held_out
+            else None
+        ),
+        config_key="affinity.train",
     )
 
 

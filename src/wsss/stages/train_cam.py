@@ -19,6 +19,7 @@ def run(io: TrainIO, params: Params) -> None:
     """Train on the labelled images of ``io.split``; write the model file ``io.out``."""
     import torch.nn.functional as F
 
+    from wsss import held_out
     from wsss.data.datasets import ImageLabels
     from wsss.data.manifest import DatasetError, Manifest
     from wsss.models.cam import CAMNet
@@ -41,6 +42,12 @@ def run(io: TrainIO, params: Params) -> None:
         kind="cam",
         arch={"head_channels": params.head_channels},
         label_names=manifest.classes,
+        held_out=lambda: (
+            held_out.classifier(manifest.split(io.held_out), records, num_classes, params.crop_size)
+            if io.held_out
+            else None
+        ),
+        config_key="cam.train",
     )
 
 

@@ -35,6 +35,7 @@ def run(io: IO, params: Params) -> None:
     masks (full); write the model file ``io.out``."""
     import torch.nn.functional as F
 
+    from wsss import held_out
     from wsss.common import find_labels
     from wsss.data.datasets import ImageMasks
     from wsss.data.manifest import IGNORE, DatasetError, Manifest
@@ -67,6 +68,14 @@ def run(io: IO, params: Params) -> None:
         arch={**arch, "supervision": params.supervision},
         label_names=manifest.label_names,
         inputs=[Path(masks[r.id]) for r in records],
+        held_out=lambda: (
+            held_out.segmentation(
+                manifest.split(io.held_out), manifest.label_names, params.crop_size
+            )
+            if io.held_out
+            else None
+        ),
+        config_key="seg.train",
     )
 
 

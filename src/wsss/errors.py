@@ -1,0 +1,8 @@
+"""Errors that ``wsss`` reports as one line (``wsss <stage>: error: ...``) besides the
+ValueErrors of the data, store and model-file modules."""
+
+from __future__ import annotations
+
+
+class TrainingFailed(RuntimeError):
+    """A training whose health checks failed (see :mod:`wsss.health`)."""

@@ -1,0 +1,244 @@
+"""What the workflow plans for a config (Snakemake dry runs, no job runs), the configs it
+refuses before the first job, and the schema's defaults against the stages' own."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import TINY, planned_jobs
+
+from wsss.experiments import merge
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+
+def dry_run(workdir: Path, extra: dict) -> subprocess.CompletedProcess:
+    """``snakemake -n`` in ``workdir`` on the tiny demo config with ``extra`` merged in."""
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump(merge(TINY, extra)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "1",
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=120)
+
+
+# Planned once for every experiment however many there are.
+ONCE = {"make_demo": 1, "prepare_dataset": 1, "experiment_plan": 1, "compare": 1, "all": 1}
+
+
+def test_two_experiments_share_everything_before_the_random_walk(tmp_path: Path) -> None:
+    proc = dry_run(
+        tmp_path,
+        {
+            "experiments": [
+                {"name": "beta8", "overrides": {"affinity": {"random_walk": {"beta": 8}}}},
+                {"name": "beta4", "overrides": {"affinity": {"random_walk": {"beta": 4}}}},
+            ]
+        },
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs == {
+        **ONCE,
+        "train_cam": 1,
+        "infer_cam": 2,  # num_shards 2
+        "eval_cam": 1,
+        "affinity_labels": 2,
+        "eval_aff_labels": 1,
+        "train_aff": 1,
+        "random_walk": 4,  # per experiment and shard
+        "eval_rw": 2,
+        "pseudo_masks": 4,
+        "eval_pseudo": 2,
+        "train_seg": 3,  # two weak, one shared bound
+        "infer_seg": 6,
+        "eval_seg": 3,
+        "report_figures": 2,
+        "report_examples": 2,
+    }
+    # the shared artefacts are made in the first experiment's directory
+    out = proc.stdout
+    assert "results/tiny/beta8/cam/model.pt" in out
+    assert "results/tiny/beta4/cam/model.pt" not in out
+    assert "results/tiny/beta4/rw/shard-1.h5" in out
+    assert "results/tiny/beta4/seg_full/model.pt" not in out
+    assert "results/tiny/comparison/comparison.html" in out
+
+
+def test_a_repeated_experiment_trains_once_per_seed(tmp_path: Path) -> None:
+    proc = dry_run(tmp_path, {"experiments": [{"name": "rep", "seeds": [0, 1]}]})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    # the seed changes every training: only the dataset is shared
+    assert jobs == {
+        **ONCE,
+        "train_cam": 2,
+        "infer_cam": 4,
+        "eval_cam": 2,
+        "affinity_labels": 4,
+        "eval_aff_labels": 2,
+        "train_aff": 2,
+        "random_walk": 4,
+        "eval_rw": 2,
+        "pseudo_masks": 4,
+        "eval_pseudo": 2,
+        "train_seg": 4,
+        "infer_seg": 8,
+        "eval_seg": 4,
+        "report_figures": 2,
+        "report_examples": 2,
+    }
+    assert "results/tiny/rep-seed0/cam/model.pt" in proc.stdout
+    assert "results/tiny/rep-seed1/cam/model.pt" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"pseudo": {"alpha": 3}}, "pseudo.alpha: 3 is not among affinity.random_walk.alphas"),
+        (
+            {"cam": {"train": {"backbone": "resnet50", "weights": "imagenet"}}},
+            "cam.train.weights: no offline ImageNet weights for resnet50",
+        ),
+        (
+            {"dataset": {"kind": "voc", "root": "no/such/dir"}},
+            "dataset.root: no/such/dir is not an existing directory",
+        ),
+        # an experiment's settings are checked too, schema and cross-checks alike
+        (
+            {
+                "experiments": [
+                    {"name": "a"},
+                    {"name": "b", "overrides": {"cam": {"train": {"epochz": 3}}}},
+                ]
+            },
+            "'epochz' was unexpected",
+        ),
+        (
+            {"experiments": [{"name": "a"}, {"name": "b", "overrides": {"pseudo": {"alpha": 3}}}]},
+            "pseudo.alpha: 3 is not among affinity.random_walk.alphas",
+        ),
+    ],
+)
+def test_a_bad_config_stops_before_any_job_naming_the_key(
+    tmp_path: Path, extra: dict, named: str
+) -> None:
+    proc = dry_run(tmp_path, extra)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert named in output, output[-3000:]
+    assert "Job stats" not in output
+
+
+def test_an_unknown_override_is_named_with_its_section(tmp_path: Path) -> None:
+    proc = dry_run(
+        tmp_path,
+        {
+            "experiments": [
+                {"name": "a"},
+                {"name": "b", "overrides": {"seg": {"infer": {"flipp": 0}}}},
+            ]
+        },
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "'flipp' was unexpected" in output
+    assert "['seg']['infer']" in output
+
+
+# ---- the schema's defaults are the stages' defaults ---------------------------------------
+
+SECTIONS = {
+    "cam.train": "wsss.stages.train_cam:Params",
+    "cam.infer": "wsss.stages.infer_cam:Params",
+    "cam.eval": "wsss.stages.eval_maps:Params",
+    "affinity.labels": "wsss.stages.affinity_labels:Params",
+    "affinity.train": "wsss.stages.train_aff:Params",
+    "affinity.random_walk": "wsss.stages.random_walk:Params",
+    "pseudo": "wsss.stages.pseudo_masks:Params",
+    "seg.train": "wsss.stages.train_seg:Params",
+    "seg.infer": "wsss.settings:SegmentParams",
+    "demo": "wsss.stages.make_demo:Params",
+}
+# Params fields a rule sets itself rather than from the config section (and the flag it uses).
+SET_BY_RULE = {"seg.train": {"supervision": "--supervision {params.supervision}"}}
+
+
+def schema_section(dotted: str) -> dict:
+    node = SCHEMA
+    for part in dotted.split("."):
+        node = node["properties"][part]
+    return node["properties"]
+
+
+def params_of(target: str) -> dict[str, object]:
+    module, name = target.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def same(schema_value: object, default: object) -> bool:
+    """Equal as settings: tuples as lists, ints and floats numerically, booleans as such."""
+    if isinstance(default, tuple):
+        default = list(default)
+    if isinstance(schema_value, list) and isinstance(default, list):
+        return len(schema_value) == len(default) and all(
+            same(a, b) for a, b in zip(schema_value, default)
+        )
+    if isinstance(schema_value, bool) or isinstance(default, bool):
+        return type(schema_value) is type(default) and schema_value == default
+    return schema_value == default
+
+
+def test_same_compares_settings() -> None:
+    assert same([1, 2], (1.0, 2.0))
+    assert same(3, 3.0)
+    assert not same(True, 1)
+    assert not same([1, 2], (1.0,))
+    assert not same(16, 16.5)
+    assert same("code", "code")
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_schema_defaults_are_the_stage_defaults(section: str) -> None:
+    properties = schema_section(section)
+    fields = params_of(SECTIONS[section])
+    rule_set = SET_BY_RULE.get(section, {})
+    differences = [
+        (key, spec["default"], fields[key])
+        for key, spec in properties.items()
+        if key in fields and "default" in spec and not same(spec["default"], fields[key])
+    ]
+    assert differences == [], f"{section}: (key, schema, dataclass)"
+    # every key of the section becomes a flag of the stage: it must be a field
+    assert sorted(set(properties) - set(fields)) == [], section
+    # every field the config can set is in the section, with its default
+    assert sorted(set(fields) - set(properties) - set(rule_set)) == [], section
+    assert [key for key, spec in properties.items() if "default" not in spec] == [], section
+    for key in rule_set:
+        assert key not in properties
+
+
+def test_fields_set_by_rules_are_passed_by_the_rule() -> None:
+    rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    for fields in SET_BY_RULE.values():
+        for flag in fields.values():
+            assert flag in rules

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import yaml
 
+from wsss.pipeline import steps
+
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("cam", "aff_labels", "rw", "pseudo", "seg", "seg_full")
+STAGES = tuple(step.key for step in steps("psa"))
 
 
 def main() -> int:

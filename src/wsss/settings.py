@@ -28,7 +28,7 @@ class TrainParams:
     batch_size: int = arg(8, "images per step")
     crop_size: int = arg(448, "side of the square training crop (pixels)")
     scale_range: tuple[float, float] = arg(
-        (0.5, 1.5), "random rescale range, relative to the image side"
+        (0.5, 1.5), "random rescale: the long side becomes crop_size times a factor in this range"
     )
     jitter: float = arg(0.3, "colour jitter strength (brightness, contrast, saturation)")
     lr: float = arg(0.01, "base learning rate (pretrained weights)")

@@ -30,7 +30,9 @@ def to_tensor(image: np.ndarray) -> Tensor:
 class Augment:
     """Random rescale, horizontal flip, colour jitter and a random square crop.
 
-    ``scale_range`` multiplies the image side; ``jitter`` is the brightness / contrast /
+    The rescale brings the image's long side to ``crop_size`` times a factor drawn from
+    ``scale_range`` (as the reference's random long-side resize), so a crop covers the
+    same share of every image whatever its size in pixels; ``jitter`` is the brightness / contrast /
     saturation strength (hue gets a third of it); the crop pads with ``PAD_RGB`` (images)
     and 255 (masks) where the rescaled image is smaller than ``crop_size``.
     """
@@ -44,7 +46,7 @@ class Augment:
         self, image: Tensor, mask: Tensor | None, rng: np.random.Generator
     ) -> tuple[Tensor, Tensor | None]:
         """image [3, H, W] in [0, 255], mask [H, W] or None -> cropped image and mask."""
-        scale = rng.uniform(*self.scale_range)
+        scale = rng.uniform(*self.scale_range) * self.crop_size / max(image.shape[-2:])
         height, width = image.shape[-2:]
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         image = F.interpolate(

@@ -82,8 +82,14 @@ def generate(
     num_train: int = 160,
     num_val: int = 48,
     image_size: int = 160,
+    max_objects: int = 3,
+    marking_contrast: float = 1.0,
 ) -> None:
     """Write the dataset to ``root`` in VOC layout, replacing ``root`` atomically.
+
+    ``max_objects`` (1 to 3) caps the objects of an image (1: one label per image);
+    ``marking_contrast`` (0 to 1] scales how far each class's marking colour lies from the
+    classes' mean colour (small: visually similar classes that differ only slightly).
 
     Writes ``JPEGImages/<id>.jpg`` (quality 95), ``SegmentationClass/<id>.png`` (VOC palette
     PNG), ``ImageSets/Segmentation/{train,val}.txt`` and ``classes.txt`` (foreground class
@@ -95,6 +101,12 @@ def generate(
         raise ValueError(f"need at least one image per split (got {num_train}, {num_val})")
     if image_size < _MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {_MIN_IMAGE_SIZE} (got {image_size})")
+    if not 1 <= max_objects <= len(_NUM_OBJECTS_P):
+        raise ValueError(f"max_objects must be 1 to {len(_NUM_OBJECTS_P)} (got {max_objects})")
+    if not 0 < marking_contrast <= 1:
+        raise ValueError(f"marking_contrast must be in (0, 1] (got {marking_contrast})")
+    mean = _MARK_COLOURS.mean(0)
+    colours = mean + marking_contrast * (_MARK_COLOURS - mean)
     with atomic_dir(root) as tmp:
         images = tmp / "JPEGImages"
         masks = tmp / "SegmentationClass"
@@ -106,7 +118,10 @@ def generate(
             ids = []
             for index, classes in enumerate(plan):
                 sample = render_sample(
-                    np.random.default_rng([seed, code, index + 1]), image_size, classes
+                    np.random.default_rng([seed, code, index + 1]),
+                    image_size,
+                    classes[:max_objects],
+                    colours,
                 )
                 name = f"{split}_{index:04d}"
                 Image.fromarray(sample.image).save(images / f"{name}.jpg", quality=95)
@@ -117,12 +132,16 @@ def generate(
 
 
 def render_sample(
-    rng: np.random.Generator, image_size: int, classes: Sequence[int] | None = None
+    rng: np.random.Generator,
+    image_size: int,
+    classes: Sequence[int] | None = None,
+    colours: np.ndarray = _MARK_COLOURS,
 ) -> Sample:
     """Render one ``image_size`` x ``image_size`` image.
 
     ``classes`` gives the class of each object (1 to 3 objects); by default the number of
-    objects and their classes are drawn from ``rng``.
+    objects and their classes are drawn from ``rng``. ``colours``: the marking colour of
+    each class (RGB in [0, 1], [C, 3]).
     """
     if classes is None:
         count = int(rng.choice(len(_NUM_OBJECTS_P), p=_NUM_OBJECTS_P)) + 1
@@ -136,7 +155,7 @@ def render_sample(
     for obj in objects:
         canvas[obj.body] = _body_fill(rng, obj, size)[obj.body]
         canvas[obj.mark] = _OUTLINE
-        canvas[obj.glyph] = _MARK_COLOURS[obj.cls] * rng.uniform(0.9, 1.0)
+        canvas[obj.glyph] = colours[obj.cls] * rng.uniform(0.9, 1.0)
         mask[obj.body] = obj.cls + 1
         marking |= obj.mark
     image = _photometric(rng, canvas)

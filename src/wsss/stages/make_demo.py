@@ -16,6 +16,10 @@ class Params:
     num_train: int = arg(160, "train images")
     num_val: int = arg(48, "val images")
     image_size: int = arg(160, "image side (pixels)")
+    max_objects: int = arg(3, "objects per image at most (1: one label per image)")
+    marking_contrast: float = arg(
+        1.0, "spread of the class markings' colours (small: visually similar classes)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +37,8 @@ def run(io: IO, params: Params) -> None:
         num_train=params.num_train,
         num_val=params.num_val,
         image_size=params.image_size,
+        max_objects=params.max_objects,
+        marking_contrast=params.marking_contrast,
     )
 
 

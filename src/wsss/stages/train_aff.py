@@ -23,7 +23,9 @@ class Params(TrainParams):
 
     output_stride: int = arg(8, "backbone output stride (pixels)", choices=(8, 16))
     epochs: int = arg(8, "training epochs")
-    scale_range: tuple[float, float] = arg((1.0, 1.0), "random rescale range (image side)")
+    scale_range: tuple[float, float] = arg(
+        (1.0, 1.0), "random rescale: long side = crop_size x a factor in this range"
+    )
     widths: str = arg(
         "code",
         "feature widths: code (64/128/256 -> 448) or paper (128/256/512 -> 896)",

@@ -112,7 +112,7 @@ def test_random_and_constant_classifiers_do_not_beat_the_prior() -> None:
     assert abs(random - prior) < 5.0
     for score in (constant, random):
         problems = check_history(HEALTHY, [score], prior)
-        assert [p.what for p in problems] == ["held-out mAP is no better than the label prior"]
+        assert [p.what for p in problems] == ["held-out mAP is no better than the trivial prior"]
         assert f"{prior:.1f} %" in problems[0].seen
 
 
@@ -161,7 +161,7 @@ def test_falling_tail_does_not_fire_rise_but_prior_does() -> None:
     assert check_history(DIVERGED, None, None) == []
     # ... but its held-out mAP below the prior is caught
     problems = check_history(DIVERGED, [30.0, 31.0, 29.0, 30.0, 31.0, 30.5], 33.0)
-    assert [p.what for p in problems] == ["held-out mAP is no better than the label prior"]
+    assert [p.what for p in problems] == ["held-out mAP is no better than the trivial prior"]
     assert "30.5 % against 33.0 %" in problems[0].seen
     assert problems[0].seen.endswith("per epoch: 30.0, 31.0, 29.0, 30.0, 31.0, 30.5")
 

@@ -29,6 +29,12 @@ def test_param_groups_and_poly_lr() -> None:
     assert lr == pytest.approx(0.01 * 0.5**0.9)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr, 2 * lr, 10 * lr, 20 * lr])
     assert set_poly_lr(opt, 0.01, 100, 100) == 0.0
+    # Linear warm-up over the first 10 steps, then the poly schedule alone.
+    assert set_poly_lr(opt, 0.01, 0, 100, warmup_steps=10) == pytest.approx(0.001)
+    assert set_poly_lr(opt, 0.01, 4, 100, warmup_steps=10) == pytest.approx(
+        0.01 * 0.96**0.9 * 0.5
+    )
+    assert set_poly_lr(opt, 0.01, 10, 100, warmup_steps=10) == pytest.approx(0.01 * 0.9**0.9)
 
 
 def test_frozen_batchnorm_keeps_statistics() -> None:
@@ -49,13 +55,14 @@ def test_checkpoints_resume_only_matching_settings(tmp_path: Path) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(1, 3, 8, 8)).sum().backward()
     opt.step()
-    EpochCheckpoints(tmp_path, "abc").save(model, opt, 3)
+    history = [{"epoch": e, "loss": 1.0 / e} for e in (1, 2, 3)]
+    EpochCheckpoints(tmp_path, "abc").save(model, opt, history)
 
     fresh = nn.Sequential(*small_net())
     fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
-    assert EpochCheckpoints(tmp_path, "other").resume(fresh, fresh_opt) == 0
-    assert EpochCheckpoints(tmp_path, "abc").resume(fresh, fresh_opt) == 3
+    assert EpochCheckpoints(tmp_path, "other").resume(fresh, fresh_opt) == []
+    assert EpochCheckpoints(tmp_path, "abc").resume(fresh, fresh_opt) == history
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)
     assert fresh_opt.state_dict()["state"]  # momentum buffers restored
-    assert EpochCheckpoints(tmp_path / "none", "abc").resume(fresh, fresh_opt) == 0
+    assert EpochCheckpoints(tmp_path / "none", "abc").resume(fresh, fresh_opt) == []

@@ -50,6 +50,9 @@ class TrainParams:
         "a training that fails its health checks: stop the run, warn, or ignore it",
         choices=("stop", "warn", "ignore"),
     )
+    health_margin: float = arg(
+        5.0, "points by which the final held-out score must beat its trivial prior"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -138,6 +138,7 @@ def check_health(
             scores,
             held_out.prior,
             metric=held_out.metric,
+            margin=params.health_margin,
             prior_name=held_out.prior_name,
             advice_prefix=config_key,
         )

@@ -31,9 +31,7 @@ def test_param_groups_and_poly_lr() -> None:
     assert set_poly_lr(opt, 0.01, 100, 100) == 0.0
     # Linear warm-up over the first 10 steps, then the poly schedule alone.
     assert set_poly_lr(opt, 0.01, 0, 100, warmup_steps=10) == pytest.approx(0.001)
-    assert set_poly_lr(opt, 0.01, 4, 100, warmup_steps=10) == pytest.approx(
-        0.01 * 0.96**0.9 * 0.5
-    )
+    assert set_poly_lr(opt, 0.01, 4, 100, warmup_steps=10) == pytest.approx(0.01 * 0.96**0.9 * 0.5)
     assert set_poly_lr(opt, 0.01, 10, 100, warmup_steps=10) == pytest.approx(0.01 * 0.9**0.9)
 
 

@@ -7,7 +7,7 @@ Cases (each its own run, results/gen-<case>/):
   demo-similar  the demo with markings whose colours differ only slightly (contrast 0.2)
   demo-few      the demo with 5 training images per class (30 images)
   msrc-2x       MSRC-21 upscaled 2x (640 px photos), with configs/msrc21.yaml
-  msrc-few      MSRC-21 with at most 12 training images per class, configs/msrc21.yaml
+  msrc-few      MSRC-21 cut to about 5 training images per class, configs/msrc21.yaml
 
     .venv/bin/python benchmarks/generality.py --msrc ../shared/data/msrc21 [--cases ...]
 
@@ -59,7 +59,7 @@ def upscaled(source: Path, target: Path, factor: int = 2) -> Path:
     return target
 
 
-def few_per_class(source: Path, target: Path, per_class: int = 12) -> Path:
+def few_per_class(source: Path, target: Path, per_class: int = 5) -> Path:
     """MSRC-21 whose train split keeps images until every class has ``per_class`` (at
     least one new class per kept image), val unchanged; files are linked, not copied."""
     if (target / "classes.txt").exists():

@@ -119,6 +119,12 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
         "report/stages.html",
         "report/per_class.png",
         "report/examples.png",
+        "report/training.png",
+        "cam/training.csv",
+        "cam/health.json",
+        "aff/training.csv",
+        "seg/health.json",
+        "seg_full/health.json",
     ]:
         assert (run / path).is_file(), path
     train_ids = (finished_run / "data/demo/ImageSets/Segmentation/train.txt").read_text().split()
@@ -184,6 +190,11 @@ def test_summary_prints_every_stage_and_the_ratio(finished_run: Path) -> None:
     ratio = next(line for line in proc.stdout.splitlines() if "weak / full" in line)
     assert f"{miou['seg'] / miou['seg_full']:6.2f}" in ratio
     assert "report figures" in proc.stdout
+    # Each network's final held-out score beside its trivial prior.
+    for name, metric in [("cam", "val_map"), ("aff", "val_pair_accuracy"), ("seg", "val_miou")]:
+        verdict = json.loads((run / name / "health.json").read_text())
+        line = next(line for line in proc.stdout.splitlines() if f"{name} {metric}" in line)
+        assert f"{verdict['final']:6.2f} {verdict['prior']:6.2f}" in line, line
 
 
 def test_refined_stages_are_scored(finished_run: Path) -> None:

@@ -260,6 +260,21 @@ def test_plan_points_at_the_owners_files() -> None:
         for key in ("cam", "aff_labels", "rw", "pseudo", "seg", "seg_full")
     }
     assert second["shared"] == {"cam": "beta8", "aff_labels": "beta8", "seg_full": "beta8"}
+    # Every rule whose job ran for the first experiment only is marked as reused.
+    assert first["reused"] == {}
+    assert set(second["reused"]) == {
+        "prepare_dataset",
+        "train_cam",
+        "infer_cam",
+        "eval_cam",
+        "affinity_labels",
+        "eval_aff_labels",
+        "train_aff",
+        "train_seg_full",
+        "infer_seg_full",
+        "eval_seg_full",
+    }
+    assert set(second["reused"].values()) == {"beta8"}
     assert second["metrics"] == {
         "cam": "results/demo/beta8/metrics/cam.json",
         "aff_labels": "results/demo/beta8/metrics/aff_labels.json",

@@ -6,6 +6,7 @@ The input is a plan dict::
      "experiments": [{"name": "beta8", "group": "beta8", "seed": 0,
                       "metrics": {"cam": ".../metrics/cam.json", ...},   # step -> metrics JSON
                       "shared": {"cam": "beta8"},                       # step -> owning experiment
+                      "reused": {"train_cam": "beta8"},                 # rule -> where it ran
                       "benchmarks": {"train_cam": [".../train_cam.tsv"], ...}}, ...]}
 
 mIoU values are percent, times are wall-clock seconds, memory is peak resident set size in MB
@@ -81,6 +82,7 @@ def _experiment(exp: dict, steps: list[str]) -> dict:
         "miou": miou,
         "weak_full": weak / full if weak is not None and full else None,
         "shared": dict(exp.get("shared", {})),
+        "reused": dict(exp.get("reused", {})),
         "rules": rules,
         "total_s": sum(r["seconds"] for r in rules.values()),
         "peak_mb": max(peaks) if peaks else None,
@@ -130,11 +132,14 @@ def compare(plan: dict) -> dict:
 def _mean_std(stats: dict | None, digits: int = 2) -> str:
     if stats is None:
         return "—"
+    if stats["n"] == 1:
+        return f"{stats['mean']:.{digits}f}"
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} ({stats['n']})"
 
 
 def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The comparison as (title, header, rows) tables of text cells: groups, then experiments."""
+    """The comparison as (title, header, rows) tables of text cells: per variant the mIoU
+    of every step; per rule (rows) and experiment (columns) wall time and peak memory."""
     steps = result["steps"]
     group_rows = [
         [g["group"], str(g["n"])]
@@ -142,23 +147,32 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         + [_mean_std(g["weak_full"], 3)]
         for g in result["groups"]
     ]
-    rules = list(dict.fromkeys(r for e in result["experiments"] for r in e["rules"]))
-    exp_rows = []
-    for e in result["experiments"]:
-        cells = [e["name"], e["group"], "" if e["seed"] is None else str(e["seed"])]
-        for rule in rules:
+    experiments = result["experiments"]
+    rules = list(dict.fromkeys(r for e in experiments for r in e["rules"]))
+    rule_rows = []
+    for rule in rules:
+        cells = [rule]
+        for e in experiments:
             r = e["rules"].get(rule)
             if r is None:
                 cells.append("—")
-            else:
-                mb = "" if r["peak_mb"] is None else f" / {r['peak_mb']:.0f} MB"
-                cells.append(f"{r['seconds']:.1f} s{mb}")
-        cells += [
-            f"{e['total_s']:.1f}",
-            "—" if e["peak_mb"] is None else f"{e['peak_mb']:.0f}",
-            ", ".join(f"{step}: shared ({owner})" for step, owner in e["shared"].items()),
+                continue
+            mb = "" if r["peak_mb"] is None else f" / {r['peak_mb']:.0f} MB"
+            owner = e.get("reused", {}).get(rule)
+            cells.append(f"{r['seconds']:.1f} s{mb}" + (f" (from {owner})" if owner else ""))
+        rule_rows.append(cells)
+    rule_rows.append(["total (s)"] + [f"{e['total_s']:.1f}" for e in experiments])
+    rule_rows.append(
+        ["peak (MB)"]
+        + ["—" if e["peak_mb"] is None else f"{e['peak_mb']:.0f}" for e in experiments]
+    )
+    rule_rows.append(
+        ["reused artefacts"]
+        + [
+            ", ".join(f"{step}: shared ({owner})" for step, owner in e["shared"].items()) or "—"
+            for e in experiments
         ]
-        exp_rows.append(cells)
+    )
     return [
         (
             "mIoU (%) per variant: mean ± sample std (number of seeds)",
@@ -166,11 +180,10 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             group_rows,
         ),
         (
-            "Wall time and peak memory per rule and experiment",
-            ["experiment", "group", "seed"]
-            + [f"{rule} (wall / peak)" for rule in rules]
-            + ["total (s)", "peak (MB)", "reused artefacts"],
-            exp_rows,
+            "Wall time and peak memory per rule (a rule's job made once for several "
+            "experiments counts for each)",
+            ["rule"] + [e["name"] for e in experiments],
+            rule_rows,
         ),
     ]
 

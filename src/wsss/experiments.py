@@ -115,7 +115,7 @@ def plan(experiments: dict[str, Experiment], results: str) -> dict:
     }
     short = {path: path.split("/", 1)[-1] for path in experiments}
     for path, exp in experiments.items():
-        metrics, shared, benchmarks = {}, {}, {}
+        metrics, shared, benchmarks, reused = {}, {}, {}, {}
         for step in steps_of(exp.config):
             holder = owner(experiments, path, step.artefact)
             metrics[step.key] = f"{results}/{holder}/metrics/{step.key}.json"
@@ -126,6 +126,8 @@ def plan(experiments: dict[str, Experiment], results: str) -> dict:
             count = experiments[holder].config["num_shards"]
             suffixes = [f"-{k}" for k in range(count)] if artefact.sharded else [""]
             for rule in artefact.rules:
+                if holder != path:
+                    reused[rule] = short[holder]
                 benchmarks[rule] = [
                     f"{results}/{holder}/benchmarks/{rule}{suffix}.tsv" for suffix in suffixes
                 ]
@@ -136,6 +138,7 @@ def plan(experiments: dict[str, Experiment], results: str) -> dict:
                 "seed": exp.seed,
                 "metrics": metrics,
                 "shared": shared,
+                "reused": reused,
                 "benchmarks": benchmarks,
             }
         )

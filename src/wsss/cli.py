@@ -79,7 +79,11 @@ def values_of(cls: type, args: argparse.Namespace) -> object:
 
 def build_parser(stages: dict[str, Stage] | None = None) -> argparse.ArgumentParser:
     """The ``wsss`` parser: a subcommand per stage."""
-    parser = argparse.ArgumentParser(prog="wsss", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="wsss",
+        description="Weakly-supervised semantic segmentation from image-level labels: one "
+        "command per pipeline stage ('wsss COMMAND --help' lists its flags and defaults).",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in (stages or registry()).values():

@@ -36,12 +36,6 @@ class Stage:
     params: type | None
     run: Callable[[Any, Any], object]
 
-    def __call__(self, io: object, params: object | None = None) -> object:
-        """Run with ``io`` and ``params`` (the Params defaults when ``None``)."""
-        if params is None and self.params is not None:
-            params = self.params()
-        return self.run(io, params)
-
 
 def arg(
     default: Any = dataclasses.MISSING,
@@ -74,11 +68,3 @@ def registry() -> dict[str, Stage]:
             raise ValueError(f"two stages are named '{stage.name}'")
         found[stage.name] = stage
     return found
-
-
-def get(name: str) -> Stage:
-    """The stage called ``name`` (its command name, e.g. ``train-cam``)."""
-    stages = registry()
-    if name not in stages:
-        raise KeyError(f"no stage '{name}' (known: {', '.join(stages)})")
-    return stages[name]

@@ -6,6 +6,7 @@ Cases (each its own run, results/gen-<case>/):
   demo-single   the demo with one object, so one label, per image
   demo-similar  the demo with markings whose colours differ only slightly (contrast 0.2)
   demo-few      the demo with 5 training images per class (30 images)
+  demo-large    the demo drawn at 480 px (3x the side its settings were chosen for)
   msrc-2x       MSRC-21 upscaled 2x (640 px photos), with configs/msrc21.yaml
   msrc-few      MSRC-21 cut to about 5 training images per class, configs/msrc21.yaml
 
@@ -32,7 +33,7 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ("demo-single", "demo-similar", "demo-few", "msrc-2x", "msrc-few")
+CASES = ("demo-single", "demo-similar", "demo-few", "demo-large", "msrc-few", "msrc-2x")
 
 
 def upscaled(source: Path, target: Path, factor: int = 2) -> Path:
@@ -94,6 +95,7 @@ def case_config(case: str, msrc: Path) -> tuple[list[Path], dict]:
             "demo-single": {"max_objects": 1},
             "demo-similar": {"marking_contrast": 0.2},
             "demo-few": {"num_train": 30},
+            "demo-large": {"image_size": 480},
         }[case]
         return [], {"demo": demo, "dataset": {"root": f"data/{case}"}}
     root = (

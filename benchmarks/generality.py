@@ -6,7 +6,7 @@ Cases (each its own run, results/gen-<case>/):
   demo-single   the demo with one object, so one label, per image
   demo-similar  the demo with markings whose colours differ only slightly (contrast 0.2)
   demo-few      the demo with 5 training images per class (30 images)
-  demo-large    the demo drawn at 480 px (3x the side its settings were chosen for)
+  demo-large    the demo drawn at 320 px (2x the side its settings were chosen for)
   msrc-2x       MSRC-21 upscaled 2x (640 px photos), with configs/msrc21.yaml
   msrc-few      MSRC-21 cut to about 5 training images per class, configs/msrc21.yaml
 
@@ -95,7 +95,7 @@ def case_config(case: str, msrc: Path) -> tuple[list[Path], dict]:
             "demo-single": {"max_objects": 1},
             "demo-similar": {"marking_contrast": 0.2},
             "demo-few": {"num_train": 30},
-            "demo-large": {"image_size": 480},
+            "demo-large": {"image_size": 320},
         }[case]
         return [], {"demo": demo, "dataset": {"root": f"data/{case}"}}
     root = (

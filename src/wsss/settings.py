@@ -17,7 +17,9 @@ BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
 @dataclass(frozen=True, kw_only=True)
 class TrainParams:
     """What every network training takes: SGD, poly schedule, learning-rate multipliers
-    1 / 2 / 10 / 20 (pretrained weights / biases, new weights / biases), 5e-4 decay."""
+    1 / 2 / 10 / 20 (pretrained weights / biases, new weights / biases), 5e-4 decay (the
+    reference), and two guards the reference lacks: a one-epoch linear warm-up and the
+    gradient norm clipped at 5, so that a new dataset does not diverge in its first steps."""
 
     backbone: str = arg("lite0", "backbone network", choices=BACKBONES)
     weights: str = arg(
@@ -43,8 +45,8 @@ class TrainParams:
     seed: int = arg(0, "random seed (weights of new layers, augmentation, batch order)")
     num_workers: int = arg(2, "data-loading worker processes")
     amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
-    warmup_epochs: float = arg(0.0, "linear learning-rate warm-up (epochs; 0: none)")
-    clip_norm: float = arg(0.0, "clip the gradient norm to this (0: no clipping)")
+    warmup_epochs: float = arg(1.0, "linear learning-rate warm-up (epochs; 0: none)")
+    clip_norm: float = arg(5.0, "clip the gradient norm to this (0: no clipping)")
     health: str = arg(
         "stop",
         "a training that fails its health checks: stop the run, warn, or ignore it",

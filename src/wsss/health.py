@@ -145,9 +145,10 @@ def check_history(
 
     - a non-finite loss, naming the (1-based) epochs;
     - a rising loss: with more than ``window`` epochs, the mean of the last ``window`` is
-      more than 5 % above the lowest loss of the epochs before them, and the last epoch's
-      loss is above the lowest of all earlier epochs (still high and not recovering; a run
-      whose recent epochs fall to a new minimum is not flagged);
+      more than 5 % above the best trailing ``window``-epoch mean (fewer epochs at the
+      start) of the epochs before them, and the last epoch's loss is above the lowest of
+      all earlier epochs (still high and not recovering; a run whose recent epochs fall to
+      a new minimum is not flagged; the means keep the noise of short epochs out);
     - a final held-out score less than ``margin`` points above the prior.
     """
     problems = []
@@ -163,15 +164,20 @@ def check_history(
             )
         )
     elif len(losses) > window:
-        earlier_min = min(losses[:-window])
-        recent = float(np.mean(losses[-window:]))
+        # Trailing means over ``window`` epochs smooth the epoch-to-epoch noise of short
+        # epochs; the last window is compared with the best trailing mean before it.
+        trailing = [
+            float(np.mean(losses[max(0, i - window + 1) : i + 1])) for i in range(len(losses))
+        ]
+        earlier_min = min(trailing[: len(losses) - window])
+        recent = trailing[-1]
         if recent > 1.05 * earlier_min and losses[-1] > min(losses[:-1]):
             problems.append(
                 Problem(
                     "training loss is rising",
                     f"epoch losses {_series(losses)}: mean of the last {window} is {recent:.3g}, "
-                    f"{100 * (recent / earlier_min - 1):.0f} % above the earlier minimum "
-                    f"{earlier_min:.3g}",
+                    f"{100 * (recent / earlier_min - 1):.0f} % above the best earlier "
+                    f"{window}-epoch mean {earlier_min:.3g}",
                     _lower_lr(advice_prefix),
                 )
             )

@@ -165,7 +165,7 @@ def test_every_stage_command_claims_a_slot_unless_told_cpu(
         [
             *WSSS,
             "predict",
-            "--checkpoint",
+            "--model",
             str(tmp_path / "missing.pt"),
             "--images",
             str(tmp_path),

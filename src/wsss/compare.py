@@ -246,8 +246,9 @@ def _plot(result: dict, out: Path) -> None:
 
     steps, groups = result["steps"], result["groups"]
     width = 0.8 / len(groups)
-    # About 0.3 inch a bar, between 6 and 14 inches wide.
-    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.3 * len(steps) * len(groups) + 2.0)), 4.0))
+    # About 0.3 inch a bar and 1.1 inch a step label, between 6 and 14 inches wide.
+    size = max(0.3 * len(steps) * len(groups) + 2.0, 1.1 * len(steps) + 1.0)
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, size)), 4.0))
     nan = float("nan")
     for i, g in enumerate(groups):
         stats = [g["miou"][s["key"]] for s in steps]
@@ -255,11 +256,11 @@ def _plot(result: dict, out: Path) -> None:
             [j + (i - (len(groups) - 1) / 2) * width for j in range(len(steps))],
             [nan if st is None else st["mean"] for st in stats],
             width,
-            yerr=[nan if st is None else st["std"] for st in stats],
+            yerr=[nan if st is None or st["n"] < 2 else st["std"] for st in stats],
             capsize=3,
             label=f"{g['group']} (n={g['n']})",
         )
-    ax.set_xticks(range(len(steps)), [textwrap.fill(s["title"], 18) for s in steps], fontsize=8)
+    ax.set_xticks(range(len(steps)), [textwrap.fill(s["title"], 14) for s in steps], fontsize=8)
     finish_percent_axes(ax, "mIoU (%)", legend_columns=4)
     save_figure(fig, out)
 

@@ -111,6 +111,7 @@ def training_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     runs = []
     for path in histories:
@@ -135,6 +136,8 @@ def training_curves(
         score_ax.set_ylim(0, 100)
         score_ax.grid(alpha=0.3)
         score_ax.legend(fontsize=7)
+        for ax in (loss_ax, score_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save_figure(fig, out)
 
 

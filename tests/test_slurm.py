@@ -28,6 +28,18 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no SLURM: {REASON}"
 
 # One thread per job in both runs, so that both compute the same numbers; memory and time
 # within what the one test node offers.
+# Rules the Snakefile declares `localrules` (no experiments here: no comparison).
+LOCAL_RULES = (
+    "eval_cam",
+    "eval_aff_labels",
+    "eval_rw",
+    "eval_pseudo",
+    "eval_seg",
+    "report_figures",
+    "report_examples",
+    "experiment_plan",
+    "compare",
+)
 CONFIG = {
     **TINY,
     "threads": {"train": 1, "shard": 1},
@@ -78,10 +90,21 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(
     log = run_workflow("slurm", tmp_path / "slurm")
     run_workflow("local", tmp_path / "local")
 
-    # Every job of the workflow went through sbatch: slurmctld lists one completed job per
-    # planned job (the executor puts the rule name in the job's comment).
+    # Every job of the workflow but the cheap local ones went through sbatch: slurmctld
+    # lists one completed job per planned job (the executor puts the rule name in the
+    # job's comment); evaluations and figures run beside Snakemake (`localrules`).
     planned = planned_jobs(log)
     planned.pop("all")  # the target rule runs no command
+    local_jobs = {rule: planned.pop(rule) for rule in LOCAL_RULES if rule in planned}
+    assert set(local_jobs) == {
+        "eval_cam",
+        "eval_aff_labels",
+        "eval_rw",
+        "eval_pseudo",
+        "eval_seg",
+        "report_figures",
+        "report_examples",
+    }
     completed = Counter(
         re.sub(r"^rule_([a-z_]+?)(_wildcards_.*)?$", r"\1", comment)
         for state, comment in (

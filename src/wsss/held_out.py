@@ -53,14 +53,21 @@ def sample(records: Sequence[Record], need_mask: bool = False) -> list[Record]:
     return sorted(usable, key=lambda r: r.id)[:MAX_IMAGES]
 
 
-def _bounded(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """[1, 3, h, w] in [0, 255] with the long side at most ``size`` pixels."""
-    tensor = to_tensor(image)[None]
-    scale = min(1.0, size / max(image.shape[:2]))
-    if scale < 1.0:
-        shape = [max(1, round(s * scale)) for s in image.shape[:2]]
-        tensor = F.interpolate(tensor, shape, mode="bilinear", align_corners=False, antialias=True)
-    return tensor.to(device)
+def _bounded(records: Sequence[Record], size: int) -> dict[str, torch.Tensor]:
+    """Each record's image as [1, 3, h, w] in [0, 255] with the long side at most ``size``
+    pixels, read once (the checks run after every epoch)."""
+    found = {}
+    for rec in records:
+        image = read_image(rec.image)
+        tensor = to_tensor(image)[None]
+        scale = min(1.0, size / max(image.shape[:2]))
+        if scale < 1.0:
+            shape = [max(1, round(s * scale)) for s in image.shape[:2]]
+            tensor = F.interpolate(
+                tensor, shape, mode="bilinear", align_corners=False, antialias=True
+            )
+        found[rec.id] = tensor
+    return found
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -80,6 +87,7 @@ def classifier(
     records = sample(held_out)
     if not records:
         return None
+    images = _bounded(records, size)
 
     def targets(recs: Sequence[Record]) -> np.ndarray:
         out = np.zeros((len(recs), num_classes))
@@ -92,10 +100,7 @@ def classifier(
 
     def measure(model: nn.Module) -> dict[str, float]:
         logits = np.stack(
-            [
-                model(_bounded(read_image(r.image), size, _device(model)))[0].float().cpu().numpy()
-                for r in records
-            ]
+            [model(images[r.id].to(_device(model)))[0].float().cpu().numpy() for r in records]
         )
         found = classification_scores(logits, truth)
         return {f"val_{k}": round(v, 2) for k, v in found.items()}
@@ -103,7 +108,7 @@ def classifier(
     def border(model: nn.Module) -> list[Problem]:
         ratios = []
         for rec in records[:32]:
-            cams = model.cams(_bounded(read_image(rec.image), size, _device(model)))[0]
+            cams = model.cams(images[rec.id].to(_device(model)))[0]
             present = cams[list(rec.labels)].float().cpu().numpy()
             if present.shape[-1] > 4 and present.shape[-2] > 4:
                 ratios.append(border_ratio(present))
@@ -121,13 +126,14 @@ def affinity(held_out: Sequence[Record], radius: int, size: int, grid: int = 8) 
     records = sample(held_out, need_mask=True)
     if not records:
         return None
+    images = _bounded(records, size)
     offsets = half_offsets(radius)
 
     def measure(model: nn.Module) -> dict[str, float]:
         right = np.zeros(2)
         total = np.zeros(2)
         for rec in records:
-            image = _bounded(read_image(rec.image), size, _device(model))[0]
+            image = images[rec.id].to(_device(model))[0]
             features = affinity_features(model, image)[None]
             mask = torch.from_numpy(read_mask(rec.mask).astype(np.int64))[None, None].float()
             mask = F.interpolate(mask, image.shape[-2:], mode="nearest")[0, 0].long()
@@ -154,6 +160,7 @@ def segmentation(held_out: Sequence[Record], label_names: list[str], size: int) 
     records = sample(held_out, need_mask=True)
     if not records:
         return None
+    images = _bounded(records, size)
     n = len(label_names)
     counts = np.zeros(n, np.int64)
     masks = {}
@@ -169,7 +176,7 @@ def segmentation(held_out: Sequence[Record], label_names: list[str], size: int) 
     def measure(model: nn.Module) -> dict[str, float]:
         conf = np.zeros((n, n), np.int64)
         for rec in records:
-            image = _bounded(read_image(rec.image), size, _device(model))
+            image = images[rec.id].to(_device(model))
             logits = model(image).float()
             mask = masks[rec.id]
             logits = F.interpolate(logits, mask.shape, mode="bilinear", align_corners=False)

@@ -32,6 +32,9 @@ from wsss.settings import TrainIO, TrainParams
 
 log = logging.getLogger(__name__)
 
+# What a loss function returns: the scalar loss, or the loss and its terms by name.
+Loss = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
+
 
 def train_network(
     name: str,
@@ -40,7 +43,7 @@ def train_network(
     *,
     build: Callable[[Backbone], nn.Module],
     dataset: Callable[[Augment], Dataset],
-    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], Loss],
     kind: str,
     arch: dict,
     label_names: Sequence[str],
@@ -53,7 +56,8 @@ def train_network(
 
     ``build(backbone)`` makes the network around the backbone of ``params`` (it has
     ``backbone`` and ``new_modules()``); ``dataset(augment)`` the training set;
-    ``loss(model, inputs, targets)`` the scalar loss of a batch; ``held_out()`` how its
+    ``loss(model, inputs, targets)`` the scalar loss of a batch (or the loss and its terms
+    by name, each recorded per epoch as ``loss_<name>``); ``held_out()`` how its
     health is measured after every epoch (None: not measured). SGD with the backbone at
     the pretrained learning rates and the new modules at the new layers'; the backbone's
     batch norm frozen when ``params.freeze_bn``. ``inputs``: files whose contents the
@@ -282,7 +286,7 @@ def fit(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
     optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Loss],
     checkpoints: EpochCheckpoints,
     params: TrainParams,
     *,
@@ -295,7 +299,9 @@ def fit(
 
     Resumes after the last finished epoch recorded by ``checkpoints``. Per step: the poly
     learning rate (after a linear warm-up of ``params.warmup_epochs``), ``loss_fn(inputs,
-    targets)`` (on ``device``, under autocast when ``params.amp``), gradients clipped to
+    targets)`` (on ``device``, under autocast when ``params.amp``, with torch's global
+    generator seeded from (seed, step) so that sampling inside a loss is the same in a
+    resumed run), gradients clipped to
     the norm ``params.clip_norm`` (0: not clipped), an SGD step; a loss that is not finite
     stops the training at once (:class:`TrainingFailed`). Per epoch: the mean loss, the
     learning rate, the mean gradient norm, seconds and images per second, and the
@@ -317,6 +323,7 @@ def fit(
         loader.dataset.epoch = epoch
         loader.generator.manual_seed(params.seed + epoch)
         total, seen, norms, start = 0.0, 0, [], time.perf_counter()
+        term_totals: dict[str, float] = {}
         bar = progress(loader, f"{name} epoch {epoch + 1}/{params.epochs}", "batch")
         for step, (inputs, targets) in enumerate(bar):
             lr = set_poly_lr(
@@ -329,8 +336,9 @@ def fit(
             )
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
+            torch.manual_seed(params.seed * 1_000_003 + epoch * steps_per_epoch + step)
             with autocast(device, params.amp):
-                loss = loss_fn(inputs, targets)
+                loss, terms = split_terms(loss_fn(inputs, targets))
             if not torch.isfinite(loss):
                 raise TrainingFailed(
                     f"{name}: the loss became {loss.item()} at epoch {epoch + 1}, step "
@@ -343,12 +351,15 @@ def fit(
             norms.append(float(norm))
             optimizer.step()
             total += loss.item() * len(inputs)
+            for key, value in terms.items():
+                term_totals[key] = term_totals.get(key, 0.0) + float(value) * len(inputs)
             seen += len(inputs)
             bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{lr:.2e}", refresh=False)
         seconds = time.perf_counter() - start
         row = {
             "epoch": epoch + 1,
             "loss": round(total / max(seen, 1), 6),
+            **{f"loss_{k}": round(v / max(seen, 1), 6) for k, v in term_totals.items()},
             "lr": lr,
             "grad_norm": round(float(np.mean(norms)), 4),
             "seconds": round(seconds, 1),
@@ -371,6 +382,11 @@ def fit(
         if history_csv is not None:
             write_history(history_csv, history)
     return history
+
+
+def split_terms(out: Loss) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A loss function's result as (loss, terms); a bare loss has no terms."""
+    return out if isinstance(out, tuple) else (out, {})
 
 
 def write_history(path: Path, history: list[dict]) -> None:

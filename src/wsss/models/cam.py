@@ -43,6 +43,11 @@ class CAMNet(nn.Module):
         """RGB images in [0, 255] [B, 3, H, W] -> class logits [B, C] (GAP then linear)."""
         return self.classifier(self.features(images).mean((2, 3), keepdim=True)).flatten(1)
 
+    def logit_maps(self, images: Tensor) -> Tensor:
+        """Class logits at every position, w_c^T f [B, C, H/s, W/s] (their spatial mean is
+        :meth:`forward`'s logits)."""
+        return self.classifier(self.features(images))
+
     def cams(self, images: Tensor) -> Tensor:
         """Unnormalised CAMs ReLU(w_c^T f) [B, C, H/s, W/s] for every class."""
         return torch.relu(self.classifier(self.features(images)))

@@ -50,6 +50,10 @@ rule all:
     input:
         [metrics_of(path) for path in EXPERIMENTS],
         expand(rules.report_figures.output, exp=EXPERIMENTS),
-        expand(rules.report_examples.output, exp=EXPERIMENTS),
+        [
+            expand(rules.report_examples.output, exp=path)
+            for path in EXPERIMENTS
+            if "seg" in [s.key for s in pipeline.steps_of(EXPERIMENTS[path].config)]
+        ],
         rules.compare.output if COMPARE else [],
     default_target: True

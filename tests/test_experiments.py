@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from wsss.experiments import TRAININGS, Experiment, expand, lookup, merge, owner, plan
-from wsss.pipeline import ARTEFACTS, STEPS, steps_of
+from wsss.pipeline import ARTEFACTS, STEPS, networks_of, steps_of
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -377,4 +377,18 @@ def test_steps_of_follows_the_bound() -> None:
     assert "seg_full" not in [s.key for s in steps_of(config)]
     config["method"] = "nope"
     with pytest.raises(ValueError, match="unknown method 'nope'"):
+        steps_of(config)
+
+
+def test_last_step_ends_the_run_early_and_drops_the_networks_it_does_not_need() -> None:
+    config = base()
+    config["last_step"] = "pseudo"
+    assert [s.key for s in steps_of(config)] == ["cam", "aff_labels", "rw", "pseudo"]
+    assert set(networks_of(config)) == {"cam_model", "aff_model"}
+    config["last_step"] = "cam"
+    assert set(networks_of(config)) == {"cam_model"}
+    config["last_step"] = None
+    assert set(networks_of(config)) == {"cam_model", "aff_model", "seg_model", "seg_full_model"}
+    config["last_step"] = "segmentation"
+    with pytest.raises(ValueError, match="last_step: unknown step 'segmentation'"):
         steps_of(config)

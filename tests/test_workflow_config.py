@@ -83,6 +83,22 @@ def test_two_experiments_share_everything_before_the_random_walk(tmp_path: Path)
     assert "results/tiny/comparison/comparison.html" in out
 
 
+def test_variants_that_stop_at_the_pseudo_masks_train_no_segmentation(tmp_path: Path) -> None:
+    """An ablation whose variants stop at ``last_step: pseudo``: only the first experiment
+    trains the segmentation networks; the comparison still lists every variant."""
+    variant = {"last_step": "pseudo", "cam": {"train": {"sampling_weight": 0.2}}}
+    proc = dry_run(
+        tmp_path,
+        {"experiments": [{"name": "plain"}, {"name": "sampling", "overrides": variant}]},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["train_cam"] == 2 and jobs["train_aff"] == 2 and jobs["eval_pseudo"] == 2
+    assert jobs["train_seg"] == 2  # the plain network's weak and full
+    assert jobs["eval_seg"] == 2 and jobs["report_examples"] == 1 and jobs["report_figures"] == 2
+    assert "results/tiny/sampling/seg/model.pt" not in proc.stdout
+
+
 def test_a_repeated_experiment_trains_once_per_seed(tmp_path: Path) -> None:
     proc = dry_run(tmp_path, {"experiments": [{"name": "rep", "seeds": [0, 1]}]})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -78,10 +78,23 @@ NETWORKS: dict[str, dict[str, str]] = {
 }
 
 
+def upstream(artefact: str) -> set[str]:
+    """``artefact`` and every artefact it is made from."""
+    seen, pending = set(), [artefact]
+    while pending:
+        node = pending.pop()
+        if node not in seen:
+            seen.add(node)
+            pending.extend(ARTEFACTS[node].sources)
+    return seen
+
+
 def networks_of(config: dict) -> dict[str, str]:
-    """The trained networks a workflow config asks for: artefact -> model file."""
+    """The trained networks a workflow config asks for (those its scored steps need):
+    artefact -> model file."""
+    needed = set().union(*(upstream(step.artefact) for step in steps_of(config)))
     found = NETWORKS[config.get("method", "psa")]
-    return {k: v for k, v in found.items() if config["seg"]["full_bound"] or k != "seg_full_model"}
+    return {k: v for k, v in found.items() if k in needed}
 
 
 def steps(method: str = "psa", full_bound: bool = True) -> tuple[Step, ...]:
@@ -92,8 +105,15 @@ def steps(method: str = "psa", full_bound: bool = True) -> tuple[Step, ...]:
 
 
 def steps_of(config: dict) -> tuple[Step, ...]:
-    """The scored steps a workflow config asks for."""
-    return steps(config.get("method", "psa"), config["seg"]["full_bound"])
+    """The scored steps a workflow config asks for: up to ``last_step`` (None: all)."""
+    found = steps(config.get("method", "psa"), config["seg"]["full_bound"])
+    last = config.get("last_step")
+    keys = [s.key for s in STEPS[config.get("method", "psa")]]
+    if last is None:
+        return found
+    if last not in keys:
+        raise ValueError(f"last_step: unknown step '{last}' (known: {', '.join(keys)})")
+    return tuple(s for s in found if keys.index(s.key) <= keys.index(last))
 
 
 def all_steps() -> dict[str, Step]:

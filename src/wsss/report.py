@@ -103,8 +103,9 @@ def _health_table(histories: Sequence[str | os.PathLike[str]]) -> str:
 def training_curves(
     histories: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
 ) -> None:
-    """Per trained network (a ``training.csv`` each): the training loss and the held-out
-    score per epoch, with the trivial prior as a dashed line (PNG)."""
+    """Per trained network (a ``training.csv`` each): the training loss (and its terms,
+    ``loss_<name>`` columns, dashed) and the held-out score per epoch, with the trivial
+    prior as a dashed line (PNG)."""
     import csv
 
     import matplotlib
@@ -121,7 +122,13 @@ def training_curves(
     for column, (name, rows) in enumerate(runs):
         epochs = [int(r["epoch"]) for r in rows]
         loss_ax, score_ax = axes[0][column], axes[1][column]
-        loss_ax.plot(epochs, [float(r["loss"]) for r in rows], marker="o")
+        loss_ax.plot(epochs, [float(r["loss"]) for r in rows], marker="o", label="loss")
+        terms = [k for k in rows[0] if k.startswith("loss_")]
+        for term in terms:
+            values = [float(r[term]) for r in rows]
+            loss_ax.plot(epochs, values, ls="--", marker=".", label=term.removeprefix("loss_"))
+        if terms:
+            loss_ax.legend(fontsize=7)
         loss_ax.set_title(name)
         loss_ax.set_ylabel("training loss")
         loss_ax.grid(alpha=0.3)

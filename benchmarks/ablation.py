@@ -7,7 +7,8 @@ then the per-class IoU changes against the first variant for the classes asked f
         --config configs/ablation_hfpl_msrc21.yaml --data ../shared/data/msrc21 \\
         --classes aeroplane sky face body
 
-``--base`` names preset configs the ablation builds on (applied first), ``--data`` sets ``dataset.root``; ``--no-run`` only prints the table of finished results.
+``--base`` names preset configs the ablation builds on (applied first), ``--data`` sets
+``dataset.root``; ``--no-run`` only prints the table of finished results.
 Pseudo-label steps are scored on the train split, segmentation on val. Seconds per epoch are
 the mean of the CAM training's ``training.csv``; peak memory is the largest ``max_rss`` of the
 variant's CAM training and of all its jobs (Snakemake ``benchmark:`` files).
@@ -104,7 +105,8 @@ def main() -> int:
         print(
             f"| {exp['name']} | "
             + " | ".join(fmt(miou.get(k)) for k in steps)
-            + f" | {fmt(ratio, 3)} | {score} | {fmt(mean_epoch_seconds(cam_dir / 'training.csv'), 1)}"
+            + f" | {fmt(ratio, 3)} | {score}"
+            + f" | {fmt(mean_epoch_seconds(cam_dir / 'training.csv'), 1)}"
             + f" | {fmt(max_rss(exp['benchmarks']['train_cam']), 0)} | {fmt(max_rss(every), 0)} |"
         )
     if args.classes:

@@ -97,6 +97,16 @@ def test_backbone_must_be_known(config: dict[str, Any], tmp_path: Path) -> None:
     ]
 
 
+def test_posterior_only_with_an_hfpl_loss(config: dict[str, Any], tmp_path: Path) -> None:
+    config["cam"]["train"]["posterior"] = "multinomial"
+    assert problems(config, tmp_path) == [
+        "cam.train.posterior: multinomial has no effect unless sampling_weight or "
+        "similarity_weight is above 0 (the plain GAP loss has no posterior to choose)"
+    ]
+    config["cam"]["train"]["similarity_weight"] = 1.0
+    check_config(config, tmp_path)
+
+
 def test_affinity_crop_on_the_grid(config: dict[str, Any], tmp_path: Path) -> None:
     config["affinity"]["train"]["crop_size"] = 164
     config["cam"]["train"]["crop_size"] = 164  # any size: the CAM network pools globally

@@ -59,7 +59,8 @@ def test_binomial_sampling_loss_is_the_soft_margin_loss_of_the_samples() -> None
     torch.manual_seed(3)
     index = hfpl.sample_positions(torch.sigmoid(logits).flatten(2), 10)
     picked = logits.flatten(2).gather(2, index)
-    ref = F.multilabel_soft_margin_loss(picked.transpose(1, 2).reshape(-1, 4), targets.repeat_interleave(10, 0))
+    per_sample = picked.transpose(1, 2).reshape(-1, 4)  # [B K, C]
+    ref = F.multilabel_soft_margin_loss(per_sample, targets.repeat_interleave(10, 0))
     torch.testing.assert_close(loss, ref)
 
 
@@ -140,7 +141,7 @@ def test_similarity_gradient_does_not_pull_across_a_colour_edge() -> None:
     assert (grad[:, w // 2 - 1] > 0).all() and (grad[:, w // 2] < 0).all()
 
     torch.manual_seed(1)
-    noisy = (0.3 + 0.4 * (torch.arange(w) >= w // 2).float() + 0.2 * torch.rand(1, 1, h, w))
+    noisy = 0.3 + 0.4 * (torch.arange(w) >= w // 2).float() + 0.2 * torch.rand(1, 1, h, w)
     noisy.requires_grad_(True)
 
     def spreads(y: torch.Tensor) -> tuple[float, float, float]:
@@ -175,6 +176,21 @@ def test_add_on_off_is_the_plain_gap_loss() -> None:
     torch.testing.assert_close(loss, expected)
 
 
+def test_add_on_under_bfloat16_logits_matches_float32() -> None:
+    """Under autocast the logit maps come in bfloat16; the losses are computed in float32."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6)
+    images = torch.rand(2, 3, 96, 96) * 255
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    addon = AddOn(sampling_weight=0.2, similarity_weight=1.0, similarity_sigma=2.0)
+    torch.manual_seed(5)
+    low, _ = hfpl.classifier_loss(logits.bfloat16(), images, targets, addon)
+    torch.manual_seed(5)
+    high, _ = hfpl.classifier_loss(logits.bfloat16().float(), images, targets, addon)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, high)
+
+
 def test_add_on_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="posterior"):
         AddOn(posterior="softmax")
@@ -205,7 +221,8 @@ def test_cam_training_with_the_add_on_records_its_terms_and_resumes_exactly(
 
     def io(name: str) -> TrainIO:
         out = tmp_path / name / "model.pt"
-        return TrainIO(manifest=tiny_manifest, out=out, state_dir=out.parent / "state", device="cpu")
+        state = out.parent / "state"
+        return TrainIO(manifest=tiny_manifest, out=out, state_dir=state, device="cpu")
 
     train_cam.run(io("straight"), params)
 

@@ -47,6 +47,7 @@ def check_config(config: dict[str, Any], base_dir: str | os.PathLike[str]) -> No
         problems += _check_alpha(config)
     for section in TRAIN_SECTIONS:
         problems += _check_backbone(f"{section}.train", config[section]["train"], base)
+    problems += _check_posterior("cam.train", config["cam"]["train"])
     crop = config["affinity"]["train"]["crop_size"]
     if crop % AFF_GRID:
         problems.append(
@@ -84,6 +85,19 @@ def _check_backbone(key: str, train: dict[str, Any], base: Path) -> list[str]:
     if path.is_file():
         return []
     return [f"{key}.weights: {weights} is not an existing file ({path.absolute()})"]
+
+
+def _check_posterior(key: str, train: dict[str, Any]) -> list[str]:
+    """A multinomial posterior changes nothing unless an HFPL loss uses it: refuse the
+    setting rather than run an experiment that silently equals the plain one."""
+    if train.get("posterior", "binomial") == "binomial":
+        return []
+    if train.get("sampling_weight", 0) > 0 or train.get("similarity_weight", 0) > 0:
+        return []
+    return [
+        f"{key}.posterior: multinomial has no effect unless sampling_weight or "
+        "similarity_weight is above 0 (the plain GAP loss has no posterior to choose)"
+    ]
 
 
 def _check_dataset(dataset: dict[str, Any], base: Path) -> list[str]:

@@ -352,7 +352,7 @@ def fit(
             optimizer.step()
             total += loss.item() * len(inputs)
             for key, value in terms.items():
-                term_totals[key] = term_totals.get(key, 0.0) + float(value) * len(inputs)
+                term_totals[key] = term_totals.get(key, 0.0) + float(value.detach()) * len(inputs)
             seen += len(inputs)
             bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{lr:.2e}", refresh=False)
         seconds = time.perf_counter() - start

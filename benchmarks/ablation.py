@@ -67,8 +67,9 @@ def main() -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(extra, f)
     if not args.no_run:
+        configs = [*map(str, args.base), str(args.config), f.name]
         cmd = [sys.executable, "-m", "snakemake", "--cores", args.cores, "--configfile",
-               *map(str, args.base), str(args.config), f.name, "--keep-going", "--quiet", "rules"]  # fmt: skip
+               *configs, "--keep-going", "--quiet", "rules"]  # fmt: skip
         start = time.time()
         # --keep-going: a variant whose training fails its health checks stops only its own
         # jobs; the table shows what the others reached.

@@ -101,8 +101,9 @@ def main() -> int:
     plain = None
     for variant in args.variants:
         cmd = [sys.executable, __file__, "--measure", "--variant", variant,
-               "--batch", str(args.batch), "--crop", str(args.crop), "--classes",
-               str(args.classes), "--steps", str(args.steps), "--threads", str(args.threads)]  # fmt: skip
+               "--batch", str(args.batch), "--crop", str(args.crop),
+               "--classes", str(args.classes), "--steps", str(args.steps),
+               "--threads", str(args.threads)]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         plain = plain or result["time"]

@@ -61,7 +61,8 @@ def _read_rows(path: Path) -> list[_Row]:
     if not path.is_file():
         raise DatasetError(f"{path}: label CSV is missing")
     try:
-        with open(path, newline="") as f:
+        # utf-8-sig: spreadsheets save CSV with a byte-order mark before the header
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv_module.DictReader(f)
             _check_columns(reader.fieldnames, path)
             rows = [_parse_row(raw, reader.line_num, path) for raw in reader]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from wsss.atomic import write_json
 
@@ -158,15 +158,46 @@ def class_index(name: str, classes: Iterable[str], source: str | os.PathLike[str
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode an image file fully into uint8 RGB [H, W, 3]; errors name the file."""
+    """Decode an image file fully into uint8 RGB [H, W, 3]; errors name the file.
+
+    The image is turned as its EXIF orientation says (as viewers show it), so masks and
+    predictions line up with what the user sees. 16-bit and 32-bit greyscale images are
+    scaled to 8 bits by their type's range (not clipped, which would turn them white)."""
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: image file is missing")
     try:
         with Image.open(path) as img:
             img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in WIDE_GREY:
+                return np.repeat(_to_8bit(np.asarray(img), img.mode)[..., None], 3, axis=2)
             return np.array(img.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: corrupt or unreadable image ({err})") from err
+
+
+# Pillow modes of greyscale images wider than 8 bits, and the full scale of each.
+WIDE_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": None, "F": None}
+
+
+def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """A wide greyscale array in [0, full scale] -> uint8. Mode I (32-bit integers, which
+    Pillow also uses for 16-bit PNGs) and F take 255 or 65535 as full scale, whichever
+    holds the values."""
+    values = values.astype(np.float64)
+    full = WIDE_GREY[mode] or (255.0 if values.max(initial=0) <= 255 else 65535.0)
+    return np.clip(np.round(values * (255.0 / full)), 0, 255).astype(np.uint8)
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(height, width) of an opened image as shown, after its EXIF orientation."""
+    width, height = img.size
+    if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by 90 degrees
+        width, height = height, width
+    return height, width
+
+
+EXIF_ORIENTATION = 0x0112
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
@@ -181,7 +212,15 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
                     f"{path}: mask has image mode {img.mode}; expected a palette or "
                     "greyscale PNG of label indices"
                 )
-            return np.asarray(img).astype(np.uint8)
+            values = np.asarray(img)
+            if values.dtype != np.uint8:
+                wide = np.unique(values[values > 255])
+                if wide.size:
+                    raise DatasetError(
+                        f"{path}: mask values {wide[:10].tolist()} do not fit a label map "
+                        f"(0..254, 255 ignored); a {img.mode} mask must hold class indices"
+                    )
+            return values.astype(np.uint8)
     except (OSError, SyntaxError) as err:
         raise DatasetError(f"{path}: corrupt or unreadable mask ({err})") from err
 
@@ -225,20 +264,27 @@ def _check_record(manifest: Manifest, rec: Record, check_pixels: bool) -> Record
                     f"(0..{manifest.num_labels - 1} or {IGNORE})"
                 )
         else:
-            mask_size = _header_size(rec.mask)
+            mask_size = _header_size(rec.mask, oriented=False)
         if tuple(mask_size) != (height, width):
+            hint = ""
+            if tuple(mask_size) == _header_size(rec.image, oriented=False):
+                hint = (
+                    "; the image's EXIF orientation turns it, and images are read as shown: "
+                    "draw the mask on the image as a viewer shows it"
+                )
             raise DatasetError(
                 f"{rec.mask}: mask size {mask_size[1]}x{mask_size[0]} differs from its image "
-                f"{rec.image} ({width}x{height})"
+                f"{rec.image} ({width}x{height}){hint}"
             )
     return replace(rec, size=(int(height), int(width)))
 
 
-def _header_size(path: str) -> tuple[int, int]:
+def _header_size(path: str, oriented: bool = True) -> tuple[int, int]:
+    """(height, width) from the file's header; ``oriented``: after its EXIF orientation."""
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: file is missing")
     try:
         with Image.open(path) as img:
-            return img.size[1], img.size[0]
+            return oriented_size(img) if oriented else (img.size[1], img.size[0])
     except OSError as err:
         raise DatasetError(f"{path}: corrupt or unreadable image ({err})") from err

@@ -72,7 +72,7 @@ def build(
 def read_classes(path: Path) -> tuple[str, ...]:
     """Class names from a text file, one a line (blank lines skipped)."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: cannot read class list ({err})") from err
     names = tuple(line.strip() for line in lines if line.strip())
@@ -86,20 +86,37 @@ def _read_splits(folder: Path) -> dict[str, list[str]]:
     files = sorted(folder.glob("*.txt")) if folder.is_dir() else []
     if not files:
         raise DatasetError(f"{folder}: no split files (*.txt) found")
-    return {path.stem: _read_ids(path) for path in files}
+    images = folder.parent.parent / "JPEGImages"
+    return {path.stem: _read_ids(path, images) for path in files}
 
 
-def _read_ids(path: Path) -> list[str]:
+def _read_ids(path: Path, images: Path) -> list[str]:
+    """The ids of a split file, one a line: ``id``, ``id flag`` (ImageSets/Main) or
+    ``/JPEGImages/id.jpg /SegmentationClassAug/id.png`` (SBD lists). A line that names an
+    image whole (``my photo`` with ``JPEGImages/my photo.jpg``) is that id, spaces kept.
+    A UTF-8 byte-order mark is ignored; an id listed twice is an error naming both lines."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: cannot read split file ({err})") from err
-    ids = []
-    for line in lines:
-        if not line.strip():
+    ids: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        whole = line.strip()
+        if not whole:
             continue
-        token = line.split()[0]
-        ids.append(PurePosixPath(token).stem if "/" in token else token)
+        if (images / f"{whole}.jpg").is_file():
+            image_id = whole
+        else:
+            token = whole.split()[0]
+            image_id = PurePosixPath(token).stem if "/" in token else token
+        if image_id in first_line:
+            raise DatasetError(
+                f"{path}: image id '{image_id}' is listed twice (lines {first_line[image_id]} "
+                f"and {number}); each image may appear once in a split"
+            )
+        first_line[image_id] = number
+        ids.append(image_id)
     return ids
 
 

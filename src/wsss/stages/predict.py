@@ -1,9 +1,12 @@
 """``wsss predict``: segment a folder of new images with a trained network.
 
 For every readable image ``DIR/name.ext`` it writes ``OUT/name.png`` (palette label map)
-and ``OUT/name_overlay.jpg`` (the labels blended over the image). Unreadable files are
-skipped, listed at the end and in ``OUT/skipped.txt``. The output folder must differ from
-the input folder, so an input is never overwritten.
+and ``OUT/name_overlay.jpg`` (the labels blended over the image); files that share a name
+but not an extension (``ok.jpg``, ``ok.png``) are written as ``OUT/ok_jpg.png``,
+``OUT/ok_png.png``, so no result overwrites another. Unreadable files and dangling links
+are skipped, listed at the end and in ``OUT/skipped.txt``; a folder without any file is
+an error. The output folder must differ from the input folder, so an input is never
+overwritten.
 """
 
 from __future__ import annotations
@@ -45,7 +48,11 @@ def run(io: IO, params: SegmentParams) -> list[Path]:
         raise FileNotFoundError(f"{images_dir}: no such directory")
     if out_dir.resolve() == images_dir.resolve():
         raise ValueError(f"{out_dir}: the output folder must differ from the input folder")
-    files = sorted(p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    entries = sorted(p for p in images_dir.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() or (p.is_symlink() and not p.exists())]
+    if not files:
+        raise FileNotFoundError(f"{images_dir}: no image files in this folder")
+    names = output_names(files)
     loaded = load_model(io.model, "seg", pick_device(io.device))
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -55,9 +62,9 @@ def run(io: IO, params: SegmentParams) -> list[Path]:
         )
         for (path, image), p in zip(batch, probs):
             labels = labels_from_probs(image, p, params)
-            save_png(out_dir / f"{path.stem}.png", label_image(labels))
+            save_png(out_dir / f"{names[path]}.png", label_image(labels))
             overlay = (0.5 * image + 0.5 * colorize(labels)).astype(np.uint8)
-            with atomic_path(out_dir / f"{path.stem}_overlay.jpg") as tmp:
+            with atomic_path(out_dir / f"{names[path]}_overlay.jpg") as tmp:
                 Image.fromarray(overlay).save(tmp, format="JPEG", quality=90)
 
     skipped: list[Path] = []
@@ -84,6 +91,15 @@ def run(io: IO, params: SegmentParams) -> list[Path]:
         "".join(f"\n  {p}" for p in skipped),
     )
     return skipped
+
+
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """The base name of each input's outputs: its stem, or ``stem_ext`` where several
+    inputs share the stem (so that no output overwrites another)."""
+    stems: dict[str, int] = {}
+    for path in files:
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+    return {p: p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in files}
 
 
 STAGE = Stage("predict", "segment a folder of new images", IO, SegmentParams, run)

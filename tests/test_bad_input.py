@@ -1,0 +1,163 @@
+"""Odd inputs read right or refused by name: 16-bit images and masks, EXIF orientation,
+duplicate and space-holding ids in split files, a byte-order mark, and `wsss predict` on
+files that share a name, dangling links and an empty folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wsss.data import folder, voc
+from wsss.data.manifest import DatasetError, Manifest, Record, read_image, read_mask, validate
+from wsss.models.backbones import build_backbone
+from wsss.models.deeplab import SegNet
+from wsss.models.registry import save_model
+
+EXIF_ORIENTATION = 0x0112
+
+
+def test_16_bit_grey_image_is_scaled_not_clipped(tmp_path: Path) -> None:
+    ramp = (np.arange(64, dtype=np.uint16)[None, :].repeat(8, 0) * 1024).astype(np.uint16)
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode in ("I;16", "I")
+    rgb = read_image(path)
+    assert rgb.dtype == np.uint8 and rgb.shape == (8, 64, 3)
+    expected = np.round(ramp[0].astype(float) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(rgb[0, :, 0], expected)  # a ramp, not all white
+    assert rgb[..., 0].min() == 0 and rgb[..., 0].max() == expected.max() < 255
+
+
+def test_16_bit_mask_with_a_value_above_255_is_refused(tmp_path: Path) -> None:
+    mask = np.zeros((4, 4), np.uint16)
+    mask[0, 0] = 259  # would wrap to class 3 as uint8
+    path = tmp_path / "mask16.png"
+    Image.fromarray(mask).save(path)
+    with pytest.raises(DatasetError, match=r"mask16.png: mask values \[259\] do not fit"):
+        read_mask(path)
+    mask[0, 0] = 3  # a 16-bit file of small class indices is fine
+    Image.fromarray(mask).save(path)
+    assert read_mask(path)[0, 0] == 3 and read_mask(path).dtype == np.uint8
+
+
+def rotated_jpeg(path: Path, width: int = 40, height: int = 20) -> None:
+    """A JPEG stored ``width`` x ``height`` whose EXIF says: turn 90 degrees clockwise."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2] = (250, 0, 0)  # left half red as stored
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    path = tmp_path / "turned.jpg"
+    rotated_jpeg(path)
+    image = read_image(path)
+    assert image.shape == (40, 20, 3)  # shown upright: 20 wide, 40 high
+    assert image[:15, :, 0].mean() > 200 and image[-15:, :, 0].mean() < 50  # red on top
+
+
+def test_exif_turned_image_and_mask_sizes(tmp_path: Path) -> None:
+    """A mask drawn on the shown image passes; one of the stored size names EXIF."""
+    image = tmp_path / "turned.jpg"
+    rotated_jpeg(image)
+    shown, stored = tmp_path / "shown.png", tmp_path / "stored.png"
+    Image.fromarray(np.zeros((40, 20), np.uint8)).save(shown)
+    Image.fromarray(np.zeros((20, 40), np.uint8)).save(stored)
+    for check_pixels in (True, False):
+        ok = Manifest("t", ("a",), True, {"s": [Record("x", str(image), str(shown), (0,))]})
+        assert validate(ok, ["s"], check_pixels).split("s")[0].size == (40, 20)
+        bad = Manifest("t", ("a",), True, {"s": [Record("x", str(image), str(stored), (0,))]})
+        with pytest.raises(DatasetError, match="stored.png: mask size 40x20 .*EXIF orientation"):
+            validate(bad, ["s"], check_pixels)
+
+
+def voc_layout(root: Path, ids: list[str], split_lines: list[str], bom: bool = False) -> Path:
+    for image_id in ids:
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (20, 30, 40)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        (root / "SegmentationClass").mkdir(exist_ok=True)
+        mask = np.zeros((8, 8), np.uint8)
+        mask[2:5, 2:5] = 1
+        Image.fromarray(mask).save(root / "SegmentationClass" / f"{image_id}.png")
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    text = "".join(f"{line}\n" for line in split_lines)
+    (sets / "train.txt").write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+    return root
+
+
+def test_duplicate_id_in_a_split_file_is_refused_with_its_lines(tmp_path: Path) -> None:
+    root = voc_layout(tmp_path / "voc", ["a", "b"], ["a", "b", "", "a"])
+    with pytest.raises(
+        DatasetError, match=r"train.txt: image id 'a' is listed twice \(lines 1 and 4\)"
+    ):
+        voc.build(root)
+
+
+def test_ids_with_spaces_and_a_byte_order_mark(tmp_path: Path) -> None:
+    root = voc_layout(tmp_path / "voc", ["my photo", "b"], ["my photo", "b 1"], bom=True)
+    manifest = voc.build(root)
+    assert [r.id for r in manifest.split("train")] == ["my photo", "b"]
+    assert manifest.split("train")[0].image.endswith("JPEGImages/my photo.jpg")
+
+
+def test_folder_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    root = tmp_path / "shapes"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "images" / "a.jpg")
+    (root / "labels.csv").write_bytes("\ufeffimage,labels\na.jpg,cat\n".encode())
+    manifest = folder.build(root)
+    assert manifest.classes == ("cat",) and manifest.split("train")[0].labels == (0,)
+
+
+@pytest.fixture(scope="module")
+def random_seg_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained segmentation model file (what predict writes does not depend on it)."""
+    torch.manual_seed(0)
+    net = SegNet(build_backbone("lite0", 16, weights=None), 3, "psa", 16, 2).eval()
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    arch = {"backbone": "lite0", "output_stride": 16, "head": "psa", "head_channels": 16}
+    save_model(path, net, "seg", {**arch, "head_dilation": 2}, ["background", "a", "b"])
+    return path
+
+
+def predict(model: Path, images: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "wsss.cli", "predict", "--model", str(model), "--images",
+           str(images), "--out", str(out), "--device", "cpu", "--scales", "1.0"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def test_predict_keeps_every_result_of_files_sharing_a_name(
+    random_seg_model: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.new("RGB", (24, 16), (200, 0, 0)).save(images / "ok.jpg")
+    Image.new("RGB", (16, 24), (0, 200, 0)).save(images / "ok.png")
+    Image.new("RGB", (20, 20), (0, 0, 200)).save(images / "solo.jpg")
+    (images / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    out = tmp_path / "out"
+    proc = predict(random_seg_model, images, out)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out / "ok_jpg.png").size == (24, 16)
+    assert Image.open(out / "ok_png.png").size == (16, 24)
+    assert Image.open(out / "ok_jpg_overlay.jpg").size == (24, 16)
+    assert Image.open(out / "solo.png").size == (20, 20)
+    assert not (out / "ok.png").exists()
+    assert (out / "skipped.txt").read_text().split() == [str(images / "gone.jpg")]
+    assert "segmented 3 images" in proc.stderr
+
+
+def test_predict_on_an_empty_folder_fails(random_seg_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = predict(random_seg_model, tmp_path / "empty", tmp_path / "out")
+    assert proc.returncode != 0
+    assert "empty: no image files in this folder" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -161,3 +161,17 @@ def test_predict_on_an_empty_folder_fails(random_seg_model: Path, tmp_path: Path
     assert proc.returncode != 0
     assert "empty: no image files in this folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_predict_into_an_unusable_output_folder_names_it(
+    random_seg_model: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.new("RGB", (20, 20)).save(images / "a.jpg")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder's parent should be")
+    proc = predict(random_seg_model, images, blocker / "out")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("wsss predict: error: ")
+    assert str(blocker) in proc.stderr and "Traceback" not in proc.stderr

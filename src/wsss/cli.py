@@ -114,8 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             claim()
         stage.run(io, params)
-    except (FileNotFoundError, ValueError, KeyError, TrainingFailed) as err:
-        # DatasetError, StoreError, ModelFileError and ConfigError are ValueErrors.
+    except (OSError, ValueError, KeyError, TrainingFailed) as err:
+        # DatasetError, StoreError, ModelFileError and ConfigError are ValueErrors; an
+        # OSError (missing file, full disk, a file where a folder should be) names its path.
         if args.verbose:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

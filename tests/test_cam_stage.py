@@ -21,7 +21,6 @@ from wsss.data.palette import label_image
 from wsss.inference import multiscale_cams
 from wsss.models.cam import CAMNet
 from wsss.models.registry import load_model
-from wsss.settings import TrainIO
 from wsss.stages import eval_maps, train_cam
 from wsss.store import MapsReader, MapsWriter, StoreError
 
@@ -78,7 +77,7 @@ def train_args(manifest: Path, out: Path, state: Path, epochs: int) -> list[str]
 @pytest.fixture(scope="module")
 def cam_model(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cam") / "model.pt"
-    io = TrainIO(
+    io = train_cam.IO(
         manifest=tiny_manifest, out=out, state_dir=out.parent / "state", split="train", device="cpu"
     )
     train_cam.run(io, FAST)

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from wsss import hfpl
 from wsss.hfpl import AddOn
-from wsss.settings import TrainIO
 from wsss.stages import train_cam
 
 # Upper 0.1 % point of the chi-square distribution with 15 degrees of freedom.
@@ -219,10 +218,10 @@ def test_cam_training_with_the_add_on_records_its_terms_and_resumes_exactly(
         similarity_sigma=1.0,
     )
 
-    def io(name: str) -> TrainIO:
+    def io(name: str) -> train_cam.IO:
         out = tmp_path / name / "model.pt"
         state = out.parent / "state"
-        return TrainIO(manifest=tiny_manifest, out=out, state_dir=state, device="cpu")
+        return train_cam.IO(manifest=tiny_manifest, out=out, state_dir=state, device="cpu")
 
     train_cam.run(io("straight"), params)
 

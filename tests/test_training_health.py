@@ -14,7 +14,6 @@ from torch import nn
 
 from wsss import held_out
 from wsss.data.manifest import Manifest
-from wsss.settings import TrainIO
 from wsss.stages import train_cam
 
 TINY = dict(output_stride=16, head_channels=32, batch_size=8, crop_size=64, num_workers=0)
@@ -71,7 +70,9 @@ def test_health_verdict_and_history_are_written_beside_the_model(
     tiny_manifest: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "cam/model.pt"
-    io = TrainIO(manifest=tiny_manifest, out=out, state_dir=tmp_path / "cam/state", device="cpu")
+    io = train_cam.IO(
+        manifest=tiny_manifest, out=out, state_dir=tmp_path / "cam/state", device="cpu"
+    )
     train_cam.run(io, train_cam.Params(epochs=2, health="warn", **TINY))
     rows = list(csv.DictReader((tmp_path / "cam/training.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]

@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
 
 
-def dry_run(workdir: Path, extra: dict) -> subprocess.CompletedProcess:
-    """``snakemake -n`` in ``workdir`` on the tiny demo config with ``extra`` merged in."""
+def dry_run(workdir: Path, extra: dict, *flags: str) -> subprocess.CompletedProcess:
+    """``snakemake -n`` in ``workdir`` on the tiny demo config with ``extra`` merged in
+    (``flags``: more Snakemake options)."""
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump(merge(TINY, extra)))
     cmd = [
@@ -36,6 +37,7 @@ def dry_run(workdir: Path, extra: dict) -> subprocess.CompletedProcess:
         str(config),
         "--cores",
         "1",
+        *flags,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=120)
 
@@ -97,6 +99,25 @@ def test_variants_that_stop_at_the_pseudo_masks_train_no_segmentation(tmp_path: 
     assert jobs["train_seg"] == 2  # the plain network's weak and full
     assert jobs["eval_seg"] == 2 and jobs["report_examples"] == 1 and jobs["report_figures"] == 2
     assert "results/tiny/sampling/seg/model.pt" not in proc.stdout
+
+
+def test_progressive_patch_learning_trains_its_stages_in_order(tmp_path: Path) -> None:
+    """progressive [4, 2] then patches 1: three CAM trainings, each one a job of its own
+    that starts from the previous one's model file."""
+    proc = dry_run(tmp_path, {"cam": {"train": {"progressive": [4, 2], "patches": 1}}}, "-p")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["train_cam_stage"] == 2 and jobs["train_cam"] == 1
+    commands = [line for line in proc.stdout.splitlines() if "wsss train-cam" in line]
+    assert len(commands) == 3
+    by_out = {c.split("--out ")[1].split()[0]: c for c in commands}
+    stage0 = by_out["results/tiny/cam/stage-0/model.pt"]
+    stage1 = by_out["results/tiny/cam/stage-1/model.pt"]
+    last = by_out["results/tiny/cam/model.pt"]
+    assert "--init" not in stage0 and "--patches 4" in stage0
+    assert "--init results/tiny/cam/stage-0/model.pt" in stage1 and "--patches 2" in stage1
+    assert "--init results/tiny/cam/stage-1/model.pt" in last and "--patches 1" in last
+    assert all("--progressive" not in c for c in commands)
 
 
 def test_a_repeated_experiment_trains_once_per_seed(tmp_path: Path) -> None:
@@ -196,6 +217,9 @@ SECTIONS = {
 }
 # Params fields a rule sets itself rather than from the config section (and the flag it uses).
 SET_BY_RULE = {"seg.train": {"supervision": "--supervision {params.supervision}"}}
+# Keys of a section that the rules read themselves and do not pass on as flags (and the
+# expression of the rules that takes them out).
+READ_BY_RULES = {"cam.train": {"progressive": 'train.pop("progressive")'}}
 
 
 def schema_section(dotted: str) -> dict:
@@ -245,7 +269,7 @@ def test_schema_defaults_are_the_stage_defaults(section: str) -> None:
     ]
     assert differences == [], f"{section}: (key, schema, dataclass)"
     # every key of the section becomes a flag of the stage: it must be a field
-    assert sorted(set(properties) - set(fields)) == [], section
+    assert sorted(set(properties) - set(fields) - set(READ_BY_RULES.get(section, {}))) == []
     # every field the config can set is in the section, with its default
     assert sorted(set(fields) - set(properties) - set(rule_set)) == [], section
     assert [key for key, spec in properties.items() if "default" not in spec] == [], section
@@ -255,6 +279,6 @@ def test_schema_defaults_are_the_stage_defaults(section: str) -> None:
 
 def test_fields_set_by_rules_are_passed_by_the_rule() -> None:
     rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
-    for fields in SET_BY_RULE.values():
+    for fields in (*SET_BY_RULE.values(), *READ_BY_RULES.values()):
         for flag in fields.values():
             assert flag in rules

@@ -20,7 +20,7 @@ import copy
 import json
 from dataclasses import dataclass
 
-from wsss.pipeline import ARTEFACTS, steps_of
+from wsss.pipeline import ARTEFACTS, REPEATED, steps_of
 
 TRAININGS = ("cam.train", "affinity.train", "seg.train")
 
@@ -126,10 +126,16 @@ def plan(experiments: dict[str, Experiment], results: str) -> dict:
             count = experiments[holder].config["num_shards"]
             suffixes = [f"-{k}" for k in range(count)] if artefact.sharded else [""]
             for rule in artefact.rules:
+                copies = suffixes
+                if rule in REPEATED:
+                    count = REPEATED[rule](experiments[holder].config)
+                    copies = [f"-{k}" for k in range(count)]
+                    if not copies:
+                        continue
                 if holder != path:
                     reused[rule] = short[holder]
                 benchmarks[rule] = [
-                    f"{results}/{holder}/benchmarks/{rule}{suffix}.tsv" for suffix in suffixes
+                    f"{results}/{holder}/benchmarks/{rule}{suffix}.tsv" for suffix in copies
                 ]
         out["experiments"].append(
             {

@@ -6,6 +6,7 @@ an artefact once for all experiments whose settings agree up to it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 METHODS = ("psa",)
@@ -48,7 +49,7 @@ class Artefact:
 # Two experiments share an artefact when its keys agree for it and for everything upstream.
 ARTEFACTS: dict[str, Artefact] = {
     "dataset": Artefact((), ("dataset", "demo"), ("prepare_dataset",)),
-    "cam_model": Artefact(("dataset",), ("cam.train",), ("train_cam",)),
+    "cam_model": Artefact(("dataset",), ("cam.train",), ("train_cam_stage", "train_cam")),
     "cam": Artefact(("cam_model",), ("cam.infer", "num_shards"), ("infer_cam",), True),
     "cam_eval": Artefact(("cam",), ("cam.eval",), ("eval_cam",)),
     "aff_labels": Artefact(("cam",), ("affinity.labels",), ("affinity_labels",), True),
@@ -64,6 +65,13 @@ ARTEFACTS: dict[str, Artefact] = {
     "seg_full_model": Artefact(("dataset",), ("seg.train",), ("train_seg_full",)),
     "seg_full_pred": Artefact(("seg_full_model",), ("seg.infer",), ("infer_seg_full",), True),
     "seg_full_eval": Artefact(("seg_full_pred",), (), ("eval_seg_full",)),
+}
+
+
+# Rules that run once per item of a setting, not per shard: rule -> number of jobs (their
+# log and benchmark files end in -0, -1, ...).
+REPEATED: dict[str, Callable[[dict], int]] = {
+    "train_cam_stage": lambda config: len(config["cam"]["train"].get("progressive", [])),
 }
 
 

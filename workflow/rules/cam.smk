@@ -1,13 +1,63 @@
-# The CAM stage: train the classifier, infer CAMs per shard, score them.
+# The CAM stage: train the classifier (in stages, for progressive patch learning), infer
+# CAMs per shard, score them.
+
+
+def cam_train_flags(wildcards, stage: int | None = None) -> str:
+    """The flags of cam.train for the last stage (``stage`` None) or for progressive stage
+    ``stage`` (its patches from cam.train.progressive)."""
+    train = dict(cfg(wildcards)["cam"]["train"])
+    schedule = train.pop("progressive")
+    if stage is not None:
+        train["patches"] = schedule[stage]
+    return flags(train)
+
+
+def cam_init(wildcards, stage: int | None = None) -> list[str]:
+    """The model a CAM training starts from: the previous progressive stage's, if any."""
+    count = len(cfg(wildcards)["cam"]["train"]["progressive"])
+    previous = count - 1 if stage is None else stage - 1
+    return [f"{RESULTS}/{wildcards.exp}/cam/stage-{previous}/model.pt"] if previous >= 0 else []
+
+
+rule train_cam_stage:
+    input:
+        manifest=manifest,
+        init=lambda wc: cam_init(wc, int(wc.stage)),
+    output:
+        model=out("cam/stage-{stage}/model.pt"),
+    params:
+        flags=lambda wc: cam_train_flags(wc, int(wc.stage)),
+        init=lambda wc, input: f"--init {input.init}" if input.init else "",
+        split=setting("dataset", "train_split"),
+        held_out=setting("dataset", "val_split"),
+        device=setting("device"),
+        state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
+    threads: config["threads"]["train"]
+    resources:
+        gpu=1,
+        **config["resources"]["train"],
+    log:
+        log("train_cam_stage-{stage}"),
+    benchmark:
+        bench("train_cam_stage-{stage}")
+    conda:
+        "../../envs/wsss.yaml"
+    shell:
+        "wsss train-cam --manifest {input.manifest} --out {output.model}"
+        " --state-dir {params.state} --split {params.split} --held-out {params.held_out}"
+        " --device {params.device} {params.init}"
+        " {params.flags} > {log} 2>&1"
 
 
 rule train_cam:
     input:
         manifest=manifest,
+        init=cam_init,
     output:
         model=out("cam/model.pt"),
     params:
-        flags=section("cam", "train"),
+        flags=cam_train_flags,
+        init=lambda wc, input: f"--init {input.init}" if input.init else "",
         split=setting("dataset", "train_split"),
         held_out=setting("dataset", "val_split"),
         device=setting("device"),
@@ -25,7 +75,7 @@ rule train_cam:
     shell:
         "wsss train-cam --manifest {input.manifest} --out {output.model}"
         " --state-dir {params.state} --split {params.split} --held-out {params.held_out}"
-        " --device {params.device}"
+        " --device {params.device} {params.init}"
         " {params.flags} > {log} 2>&1"
 
 

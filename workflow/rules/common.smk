@@ -32,6 +32,7 @@ COMPARISON = f"{RESULTS}/{config['run']}/comparison"
 wildcard_constraints:
     exp="|".join(re.escape(path) for path in EXPERIMENTS),
     shard="[0-9]+",
+    stage="[0-9]+",
 
 
 def cfg(wildcards) -> dict:

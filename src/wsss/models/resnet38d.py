@@ -13,7 +13,7 @@ the next block (or ``bn7`` for the last level) computes from the output of a sta
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +179,21 @@ class ResNet38d(nn.Module):
                 levels.append(act)
         levels.append(F.relu(self.bn7(x)))
         return levels
+
+    def last_level(
+        self, x: Tensor, apply: Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]
+    ) -> Tensor:
+        """Level 4 only, b6, b7 and bn7 run through ``apply(layers, input)`` (patch learning)."""
+        x = self.conv1a(x)
+        for name in _BLOCKS[: _BLOCKS.index("b6")]:
+            x, _ = getattr(self, name)(x)
+
+        def layers(y: Tensor) -> Tensor:
+            y, _ = self.b6(y)
+            y, _ = self.b7(y)
+            return F.relu(self.bn7(y))
+
+        return apply(layers, x)
 
 
 def load_resnet38d_weights(model: ResNet38d, path: str | os.PathLike[str]) -> None:

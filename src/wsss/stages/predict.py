@@ -48,12 +48,12 @@ def run(io: IO, params: SegmentParams) -> list[Path]:
         raise FileNotFoundError(f"{images_dir}: no such directory")
     if out_dir.resolve() == images_dir.resolve():
         raise ValueError(f"{out_dir}: the output folder must differ from the input folder")
+    loaded = load_model(io.model, "seg", pick_device(io.device))
     entries = sorted(p for p in images_dir.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file() or (p.is_symlink() and not p.exists())]
     if not files:
         raise FileNotFoundError(f"{images_dir}: no image files in this folder")
     names = output_names(files)
-    loaded = load_model(io.model, "seg", pick_device(io.device))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def write(batch: list[tuple[Path, np.ndarray]]) -> None:

@@ -1,10 +1,14 @@
 """Stage: train the CAM network on image-level labels (multi-label soft-margin loss on the
 globally average-pooled logits; with the HFPL add-on, importance sampling and the feature
-similarity loss as well, :mod:`wsss.hfpl`)."""
+similarity loss as well, :mod:`wsss.hfpl`). Patch learning, its explicit multi-granularity
+variant and the stages of progressive patch learning (:mod:`wsss.models.cam`) are settings
+of the same stage; a progressive stage starts from the previous stage's model (``--init``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from wsss.settings import ClassifierParams, TrainIO, TrainParams
 from wsss.stage import Stage, arg
@@ -16,9 +20,27 @@ class Params(TrainParams, ClassifierParams):
     (0: no head)."""
 
     head_channels: int = arg(512, "width of the 3x3 head before the classifier (0: none)")
+    patches: int = arg(1, "patch learning: k x k patches while training (1: none)")
+    patch_level: str = arg(
+        "head",
+        "where patch learning splits: before the head, or before the backbone's last level",
+        choices=("head", "backbone"),
+    )
+    patch_fusion: tuple[int, ...] = arg(
+        (), "explicit multi-granularity patch learning: patches per side of each branch"
+    )
 
 
-def run(io: TrainIO, params: Params) -> None:
+@dataclass(frozen=True, kw_only=True)
+class IO(TrainIO):
+    """A training's files, and the model file a progressive stage starts from."""
+
+    init: Path | None = arg(
+        None, "model file of the previous progressive stage to start from (none: ImageNet)"
+    )
+
+
+def run(io: IO, params: Params) -> None:
     """Train on the labelled images of ``io.split``; write the model file ``io.out``."""
     import torch.nn.functional as F
 
@@ -36,6 +58,19 @@ def run(io: TrainIO, params: Params) -> None:
     num_classes = len(manifest.classes)
     addon = AddOn.of(params, manifest.has_background)
 
+    def build(backbone) -> CAMNet:
+        model = CAMNet(
+            backbone,
+            num_classes,
+            params.head_channels,
+            params.patches,
+            params.patch_level,
+            params.patch_fusion,
+        )
+        if io.init is not None:
+            start_from(model, io.init, manifest.classes)
+        return model
+
     def loss(model: CAMNet, images, targets):
         if addon.active:
             return classifier_loss(model.logit_maps(images), images, targets, addon)
@@ -45,11 +80,16 @@ def run(io: TrainIO, params: Params) -> None:
         "train-cam",
         io,
         params,
-        build=lambda backbone: CAMNet(backbone, num_classes, params.head_channels),
+        build=build,
         dataset=lambda augment: ImageLabels(records, num_classes, augment, params.seed),
         loss=loss,
         kind="cam",
-        arch={"head_channels": params.head_channels},
+        arch={
+            "head_channels": params.head_channels,
+            "patches": params.patches,
+            "patch_level": params.patch_level,
+            "fusion": list(params.patch_fusion),
+        },
         label_names=manifest.classes,
         held_out=lambda: (
             held_out.classifier(manifest.split(io.held_out), records, num_classes, params.crop_size)
@@ -57,7 +97,31 @@ def run(io: TrainIO, params: Params) -> None:
             else None
         ),
         config_key="cam.train",
+        inputs=[io.init] if io.init is not None else [],
     )
 
 
-STAGE = Stage("train-cam", "train the CAM network on image-level labels", TrainIO, Params, run)
+def start_from(model, path: Path, classes) -> None:
+    """Load the weights of a previous progressive stage (a CAM model file) into ``model``."""
+    from wsss.models.registry import ModelFileError, load_model
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path}: the model of the previous progressive stage is missing; train that "
+            "stage first (the workflow does it in order)"
+        )
+    previous = load_model(path, "cam")
+    if list(previous.label_names) != list(classes):
+        raise ModelFileError(
+            f"{path}: trained on the classes {previous.label_names}, not on {list(classes)}"
+        )
+    try:
+        model.load_state_dict(previous.model.state_dict())
+    except RuntimeError as err:
+        raise ModelFileError(
+            f"{path}: its weights do not fit this stage's network (arch {previous.arch}): "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+
+
+STAGE = Stage("train-cam", "train the CAM network on image-level labels", IO, Params, run)

@@ -16,6 +16,7 @@ from PIL import Image
 from wsss.data import folder, voc
 from wsss.data.manifest import DatasetError, Manifest, Record, read_image, read_mask, validate
 from wsss.models.backbones import build_backbone
+from wsss.models.cam import CAMNet
 from wsss.models.deeplab import SegNet
 from wsss.models.registry import save_model
 
@@ -175,3 +176,39 @@ def test_predict_into_an_unusable_output_folder_names_it(
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("wsss predict: error: ")
     assert str(blocker) in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1.2 MB tmpfs (root only); unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_infer_cam_on_a_full_disk_stops_cleanly(
+    small_disk: Path, tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """The CAM shard does not fit: one error line naming the file, exit 2 (no crash), and
+    neither the final file nor a temporary one is left."""
+    torch.manual_seed(0)
+    net = CAMNet(build_backbone("lite0", 16, weights=None), 6, 16).eval()
+    model = tmp_path / "cam.pt"
+    arch = {"backbone": "lite0", "output_stride": 16, "head_channels": 16}
+    save_model(model, net, "cam", arch, list(Manifest.load(tiny_manifest).classes))
+    out = small_disk / "cam" / "shard-0.h5"
+    cmd = [sys.executable, "-m", "wsss.cli", "infer-cam", "--manifest", str(tiny_manifest),
+           "--model", str(model), "--out", str(out), "--split", "train", "--device", "cpu",
+           "--scales", "1.0", "2.0"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("wsss infer-cam: error: [Errno 28] No space left on device")
+    assert str(out) in last and "Traceback" not in proc.stderr
+    assert list((small_disk / "cam").iterdir()) == []

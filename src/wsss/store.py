@@ -22,6 +22,7 @@ complete, so a file with the final name is always whole.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -83,6 +84,10 @@ def _key(image_id: str) -> str:
     return image_id.replace("/", "%2F")
 
 
+# Bytes a MapsWriter keeps free on the disk so that it can always close its file.
+SPACE_RESERVE = 1 << 20
+
+
 class MapsWriter:
     """Write one shard: ``with MapsWriter(path, ...) as w: w.add(id, maps, classes)``."""
 
@@ -137,6 +142,7 @@ class MapsWriter:
             background is not None and background.shape != (self.num_alphas, *maps.shape[1:])
         ):
             raise ValueError(f"background of {image_id} does not match the alphas of the file")
+        self._check_space(maps.nbytes // 2 + (0 if background is None else background.nbytes // 2))
         group = self.images.create_group(_key(image_id))
         group.attrs["size"] = np.asarray(size or maps.shape[1:], dtype=np.int64)
         for name, data in (("maps", maps), ("background", background)):
@@ -149,7 +155,23 @@ class MapsWriter:
                     chunks=(1, *data.shape[1:]) if len(data) else None,
                 )
         group.create_dataset("classes", data=np.asarray(classes, dtype=np.int16))
+        self.file.flush()
         self.count += 1
+
+    def _check_space(self, nbytes: int) -> None:
+        """Refuse (OSError, no space) to add ``nbytes`` of data unless the disk keeps
+        :data:`SPACE_RESERVE` free besides: HDF5 does not report a full disk where it
+        happens (it prints the error, carries on, and may crash when the file is closed),
+        so the writer stops before the disk fills, with room left to close the file."""
+        stat = os.statvfs(self.tmp.parent)
+        free = stat.f_bavail * stat.f_frsize
+        if free < nbytes + SPACE_RESERVE:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device: {free // 1024} KiB free, the next image needs "
+                f"about {(nbytes + SPACE_RESERVE) // 1024} KiB with the reserve to close the file",
+                str(self.path),
+            )
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:

@@ -4,6 +4,7 @@ files that share a name, dangling links and an empty folder."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,26 @@ def test_infer_cam_on_a_full_disk_stops_cleanly(
     assert last.startswith("wsss infer-cam: error: [Errno 28] No space left on device")
     assert str(out) in last and "Traceback" not in proc.stderr
     assert list((small_disk / "cam").iterdir()) == []
+
+
+def test_a_killed_writers_temporary_files_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    from wsss.atomic import write_json
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    stale_file = tmp_path / f".metrics.json.tmp-{dead}"
+    stale_file.write_text("half")
+    stale_dir = tmp_path / f".shard-0.tmp-{dead}"  # atomic_dir's name for shard-0
+    stale_dir.mkdir()
+    running = tmp_path / f".metrics.json.tmp-{os.getppid()}"  # a live process: kept
+    running.write_text("in progress")
+    other = tmp_path / f".other.json.tmp-{dead}"  # another file's: not this write's business
+    other.write_text("x")
+    write_json(tmp_path / "metrics.json", {"miou": 1.0})
+    assert not stale_file.exists() and running.exists() and other.exists()
+    assert (tmp_path / "metrics.json").exists()
+    from wsss.atomic import atomic_dir
+
+    with atomic_dir(tmp_path / "shard-0") as tmp:
+        (tmp / "a.png").write_bytes(b"x")
+    assert not stale_dir.exists() and (tmp_path / "shard-0/a.png").exists()

@@ -16,8 +16,39 @@ from typing import Any
 
 
 def temp_name(path: Path) -> Path:
-    """The temporary sibling of ``path`` used while it is being written."""
+    """The temporary sibling of ``path`` used while it is being written; temporary
+    siblings that killed writers of the same file left behind are removed first."""
+    remove_stale(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale(path: Path) -> list[Path]:
+    """Delete the ``.<name>.tmp-PID`` siblings of ``path`` whose process no longer runs on
+    this machine (a killed job's leftovers); returns what was deleted."""
+    removed = []
+    prefix = f".{path.name}.tmp-"
+    if not path.parent.is_dir():
+        return removed
+    for entry in path.parent.iterdir():
+        pid_text = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager

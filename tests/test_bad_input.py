@@ -236,3 +236,41 @@ def test_a_killed_writers_temporary_files_are_removed_by_the_next_write(tmp_path
     with atomic_dir(tmp_path / "shard-0") as tmp:
         (tmp / "a.png").write_bytes(b"x")
     assert not stale_dir.exists() and (tmp_path / "shard-0/a.png").exists()
+
+
+def test_a_large_image_is_scaled_to_the_pixel_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """Scales that would exceed max_pixels are lowered, the choice logged; the maps keep
+    the image's size. Small images keep their scales."""
+    from wsss.inference import capped_scales, multiscale_cams, segment
+
+    assert capped_scales(100, 100, [1.0, 2.0], 40_000) == [1.0, 2.0]
+    with caplog.at_level("INFO"):
+        capped = capped_scales(300, 200, [0.5, 1.0, 2.0], 30_000, "big.jpg")
+    assert capped == pytest.approx([0.5, 0.7071, 0.7071], abs=1e-4)
+    assert "big.jpg: 200x300 px is more than max_pixels 30000" in caplog.text
+    assert capped_scales(300, 200, [2.0], 0) == [2.0]  # 0: no limit
+
+    seen: list[tuple[int, int]] = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def cams(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(x.shape[-2:]))
+            return torch.ones(x.shape[0], 2, x.shape[2] // 16 + 1, x.shape[3] // 16 + 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(x.shape[-2:]))
+            return torch.zeros(x.shape[0], 3, *x.shape[-2:])
+
+    image = torch.rand(3, 400, 600) * 255
+    cams = multiscale_cams(Probe(), image, [0, 1], [1.0, 2.0], True, max_pixels=60_000)
+    assert cams.shape == (2, 400, 600)
+    assert max(h * w for h, w in seen) <= 60_000 + 600  # rounding of the sides
+    seen.clear()
+    probs = segment(Probe(), [image, torch.rand(3, 50, 40)], [1.0, 2.0], False, max_pixels=60_000)
+    assert [p.shape[1:] for p in probs] == [(400, 600), (50, 40)]
+    # the big image at 0.5 (its cap) sets the batch size at both scales: 200 x 300
+    assert seen == [(200, 300), (200, 300)]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +18,29 @@ from wsss.data.datasets import PAD_RGB
 from wsss.models.cam import CAMNet
 from wsss.settings import SegmentParams
 
+log = logging.getLogger(__name__)
+
+
+def capped_scales(
+    height: int, width: int, scales: Sequence[float], max_pixels: int, name: str = ""
+) -> list[float]:
+    """``scales`` with each one lowered so that the rescaled image has at most
+    ``max_pixels`` pixels (0: no limit); the change is logged (``name``: the image)."""
+    if not max_pixels or height * width * max(scales) ** 2 <= max_pixels:
+        return list(scales)
+    top = math.sqrt(max_pixels / (height * width))
+    capped = [min(s, top) for s in scales]
+    log.info(
+        "%s: %dx%d px is more than max_pixels %d at scales %s: scaled to %s instead",
+        name or "image",
+        width,
+        height,
+        max_pixels,
+        ", ".join(f"{s:g}" for s in scales),
+        ", ".join(f"{s:.3g}" for s in capped),
+    )
+    return capped
+
 
 @torch.no_grad()
 def multiscale_cams(
@@ -25,13 +50,17 @@ def multiscale_cams(
     scales: Sequence[float],
     flip: bool,
     amp: bool = False,
+    max_pixels: int = 0,
+    name: str = "",
 ) -> Tensor:
     """CAMs [K, H, W] in [0, 1] of ``classes`` for one image [3, H, W] in [0, 255].
 
     For each scale (and its horizontal flip) the maps ReLU(w_c^T f) are upsampled to the
-    image size and summed; each class map is then divided by its maximum (eq. 1).
+    image size and summed; each class map is then divided by its maximum (eq. 1). Scales
+    that would make the image larger than ``max_pixels`` are lowered (:func:`capped_scales`).
     """
     height, width = image.shape[-2:]
+    scales = capped_scales(height, width, scales, max_pixels, name)
     device = next(model.parameters()).device
     index = torch.as_tensor(list(classes), dtype=torch.long, device=device)
     total = torch.zeros(len(classes), height, width, device=device)
@@ -59,19 +88,26 @@ def segment(
     scales: Sequence[float],
     flip: bool,
     amp: bool = False,
+    max_pixels: int = 0,
+    names: Sequence[str] = (),
 ) -> list[Tensor]:
     """Class probabilities [L, H, W] for each image [3, H, W] in [0, 255] of a batch.
 
     At each scale the images are resized, padded to a common size and segmented in one
     batch (the flipped batch's logits are flipped back and added); the softmax of each,
-    cropped and resized back, is averaged over the scales.
+    cropped and resized back, is averaged over the scales. An image that a scale would make
+    larger than ``max_pixels`` gets a lower scale there (:func:`capped_scales`).
     """
     device = next(model.parameters()).device
     totals: list[Tensor | None] = [None] * len(images)
-    for scale in scales:
+    per_image = [
+        capped_scales(im.shape[1], im.shape[2], scales, max_pixels, n)
+        for im, n in zip(images, list(names) or [""] * len(images))
+    ]
+    for k in range(len(scales)):
         sizes = [
-            (max(1, round(im.shape[1] * scale)), max(1, round(im.shape[2] * scale)))
-            for im in images
+            (max(1, round(im.shape[1] * s[k])), max(1, round(im.shape[2] * s[k])))
+            for im, s in zip(images, per_image)
         ]
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
         batch = torch.tensor(PAD_RGB).view(1, 3, 1, 1).repeat(len(images), 1, height, width)

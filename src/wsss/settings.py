@@ -12,6 +12,9 @@ from pathlib import Path
 from wsss.stage import arg
 
 BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
+# Pixels of the largest image a network runs on at inference (a 6000 x 4000 photo at one
+# scale needs about 9 GB on a CPU with Lite0; 4 megapixels about 1.6 GB).
+MAX_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +109,9 @@ class SegmentParams(CRFParams):
     crf: bool = arg(False, "refine the prediction with a dense CRF")
     batch_size: int = arg(4, "images per batch")
     amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
+    max_pixels: int = arg(
+        MAX_PIXELS, "largest image (pixels) the network sees; larger ones are scaled down"
+    )
 
 
 DEVICE_HELP = "auto | cpu | cuda[:N] (auto takes a GPU when one is visible)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import NetShardIO
+from wsss.settings import MAX_PIXELS, NetShardIO
 from wsss.stage import Stage, arg
 
 
@@ -21,6 +21,9 @@ class Params:
     scales: tuple[float, ...] = arg((1.0, 0.5, 1.5, 2.0), "image scales averaged")
     flip: bool = arg(True, "also average the mirrored image")
     amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
+    max_pixels: int = arg(
+        MAX_PIXELS, "largest image (pixels) the network sees; larger ones are scaled down"
+    )
 
 
 def run(io: IO, params: Params) -> None:
@@ -41,7 +44,14 @@ def run(io: IO, params: Params) -> None:
         for rec in progress(job.records, f"infer-cam shard {io.shard}", "img"):
             image = to_tensor(read_image(rec.image))
             cams = multiscale_cams(
-                job.model, image, rec.labels, params.scales, params.flip, params.amp
+                job.model,
+                image,
+                rec.labels,
+                params.scales,
+                params.flip,
+                params.amp,
+                params.max_pixels,
+                rec.image,
             )
             writer.add(rec.id, cams.cpu().numpy().astype(np.float32), rec.labels)
 

@@ -36,7 +36,13 @@ def run(io: IO, params: SegmentParams) -> None:
         for batch in progress(batches, f"segment shard {io.shard}", "batch"):
             images = [read_image(r.image) for r in batch]
             probs = segment(
-                model, [to_tensor(im) for im in images], params.scales, params.flip, params.amp
+                model,
+                [to_tensor(im) for im in images],
+                params.scales,
+                params.flip,
+                params.amp,
+                params.max_pixels,
+                [r.image for r in batch],
             )
             for rec, image, p in zip(batch, images, probs):
                 write_label_png(tmp, rec.id, labels_from_probs(image, p, params))

@@ -58,7 +58,13 @@ def run(io: IO, params: SegmentParams) -> list[Path]:
 
     def write(batch: list[tuple[Path, np.ndarray]]) -> None:
         probs = segment(
-            loaded.model, [to_tensor(im) for _, im in batch], params.scales, params.flip, params.amp
+            loaded.model,
+            [to_tensor(im) for _, im in batch],
+            params.scales,
+            params.flip,
+            params.amp,
+            params.max_pixels,
+            [str(path) for path, _ in batch],
         )
         for (path, image), p in zip(batch, probs):
             labels = labels_from_probs(image, p, params)

@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/randomwalk.py [--grids 32 64 96] [--big 128] [--repeats 3]
         [--dense-max 96] [--dense-repeats 1] [--dense-timeout 1200] [--threads N] [--device cpu]
+        [--busy N]
+
+``--busy N`` starts N processes that keep a core busy each while the measurements run
+(a loaded machine).
 
 Inputs as in AffinityNet: D = 448 features (a smooth random field plus noise), C = 21 maps
 (a background map and 20 class maps), radius 5, beta 8, logt 8; the same seeded inputs for both
@@ -141,6 +145,12 @@ def main() -> int:
         help="seconds before a dense measurement is abandoned",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="busy processes beside the measurements (a loaded machine)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--measure", choices=sorted(METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--grid", type=int, help=argparse.SUPPRESS)
@@ -152,11 +162,22 @@ def main() -> int:
         print(json.dumps(measure(args.measure, args.grid, args.repeats, args.device, args.out)))
         return 0
 
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        return report(args)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def report(args: argparse.Namespace) -> int:
+    """Print the table (the measurements run in child processes)."""
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device} "
         f"({device_name}), {os.cpu_count()} CPUs, load average "
-        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, {args.busy} busy processes beside"
     )
     print(
         f"D = {DEPTH}, C = {CHANNELS}, radius {RADIUS}, beta {BETA:g}, logt {LOGT}; ours: best "

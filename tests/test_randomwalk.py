@@ -206,3 +206,26 @@ def test_cuda_matches_cpu() -> None:
     assert (gpu.cpu() - cpu).abs().max() < 1e-4
     dense = dense_random_walk(cam.cuda().double(), features.cuda().double())
     assert (gpu.double() - dense).abs().max() < 1e-4
+
+
+def test_the_walk_runs_on_one_thread_and_restores_the_setting(monkeypatch) -> None:
+    """On the CPU the walk's many small products run on one thread (robust to a loaded
+    machine); torch's thread setting is the caller's again afterwards."""
+    import wsss.randomwalk as rw
+
+    seen = []
+    real = rw.transition_matrix
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rw, "transition_matrix", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = rw.random_walk(torch.rand(3, 6, 6), torch.rand(4, 6, 6), radius=2, logt=2)
+        assert out.shape == (3, 6, 6)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

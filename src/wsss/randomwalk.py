@@ -149,9 +149,12 @@ def random_walk(
     Euclidean distance < ``radius``. T is never formed densely: memory O(N * radius^2),
     time O(2^logt * N * radius^2 * C). Runs on the device of the inputs.
 
-    Each step is one sparse-dense product, i.e. one parallel region on CPU: where other busy
-    processes share the cores, the threads' synchronisation can cost milliseconds per step,
-    more than the product; ``torch.set_num_threads(1)`` or ``OMP_WAIT_POLICY=passive`` avoids it.
+    Each step is one small sparse-dense product, i.e. one parallel region on CPU: where
+    other busy processes share the cores, the threads' synchronisation can cost
+    milliseconds per step, more than the product (a 64x64 grid took 16x longer beside two
+    busy processes). So on the CPU the walk (the transition matrix and the steps) runs on
+    one thread whatever torch's setting, which keeps its time nearly independent of the
+    machine's load.
 
     Args:
         cam: float [C, h, w], e.g. a background map and the maps of the present classes.
@@ -175,10 +178,16 @@ def random_walk(
     if logt < 0:
         raise ValueError(f"logt must be non-negative, got {logt}")
     channels, height, width = cam.shape
-    transition = transition_matrix(features.to(cam.dtype), radius, beta)
-    walked = cam.reshape(channels, height * width).t().contiguous()  # [N, C]
-    for _ in range(2**logt):
-        walked = transition @ walked
+    threads = torch.get_num_threads()
+    if cam.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        transition = transition_matrix(features.to(cam.dtype), radius, beta)
+        walked = cam.reshape(channels, height * width).t().contiguous()  # [N, C]
+        for _ in range(2**logt):
+            walked = transition @ walked
+    finally:
+        torch.set_num_threads(threads)
     return walked.t().reshape(channels, height, width).contiguous()
 
 

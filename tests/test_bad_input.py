@@ -274,3 +274,15 @@ def test_a_large_image_is_scaled_to_the_pixel_budget(caplog: pytest.LogCaptureFi
     assert [p.shape[1:] for p in probs] == [(400, 600), (50, 40)]
     # the big image at 0.5 (its cap) sets the batch size at both scales: 200 x 300
     assert seen == [(200, 300), (200, 300)]
+
+
+def test_a_misspelt_loader_option_is_named(tmp_path: Path) -> None:
+    root = voc_layout(tmp_path / "voc", ["a"], ["a"])
+    cmd = [sys.executable, "-m", "wsss.cli", "prepare", "--kind", "voc", "--root", str(root),
+           "--out", str(tmp_path / "dataset.json"), "--splits", "train",
+           "--options", '{"label_sourc": "xml"}']  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "label_sourc: not an option of the dataset.kind voc loader" in proc.stderr
+    assert "label_source" in proc.stderr.split("allowed:")[1]
+    assert not (tmp_path / "dataset.json").exists()

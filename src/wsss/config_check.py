@@ -100,6 +100,19 @@ def _check_posterior(key: str, train: dict[str, Any]) -> list[str]:
     ]
 
 
+def unknown_options(kind: str, options: dict[str, Any]) -> list[str]:
+    """A problem line for each of ``options`` that the ``kind`` loader does not take."""
+    module, passed = LOADERS[kind]
+    build = importlib.import_module(module).build
+    allowed = sorted(set(inspect.signature(build).parameters) - passed - {"root"})
+    return [
+        f"dataset.options.{option}: not an option of the dataset.kind {kind} loader "
+        f"(allowed: {', '.join(allowed)})"
+        for option in options
+        if option not in allowed
+    ]
+
+
 def _check_dataset(dataset: dict[str, Any], base: Path) -> list[str]:
     problems = []
     kind = dataset["kind"]
@@ -109,15 +122,7 @@ def _check_dataset(dataset: dict[str, Any], base: Path) -> list[str]:
             f"dataset.root: {dataset['root']} is not an existing directory ({root.absolute()})"
         )
     if kind in LOADERS:
-        module, passed = LOADERS[kind]
-        build = importlib.import_module(module).build
-        allowed = sorted(set(inspect.signature(build).parameters) - passed - {"root"})
-        problems += [
-            f"dataset.options.{option}: not an option of the dataset.kind {kind} loader "
-            f"(allowed: {', '.join(allowed)})"
-            for option in dataset["options"]
-            if option not in allowed
-        ]
+        problems += unknown_options(kind, dataset["options"])
     else:
         problems.append(f"dataset.kind: unknown kind '{kind}' (choose from {', '.join(LOADERS)})")
     for split in SPLITS:

@@ -20,6 +20,12 @@ def build_manifest(
     """
     if not Path(root).is_dir():
         raise DatasetError(f"{root}: dataset directory does not exist")
+    if kind in KINDS:
+        from wsss.config_check import unknown_options
+
+        problems = unknown_options(kind, options)
+        if problems:
+            raise DatasetError("; ".join(problems))
     if kind == "demo":
         from wsss.data import voc
 

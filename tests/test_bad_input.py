@@ -286,3 +286,22 @@ def test_a_misspelt_loader_option_is_named(tmp_path: Path) -> None:
     assert "label_sourc: not an option of the dataset.kind voc loader" in proc.stderr
     assert "label_source" in proc.stderr.split("allowed:")[1]
     assert not (tmp_path / "dataset.json").exists()
+
+
+class Opaque:
+    """An object a weights-only load refuses."""
+
+
+@pytest.mark.parametrize("what", ["pickle", "garbage", "missing"])
+def test_inspect_on_what_it_cannot_read_is_one_line(what: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{what}.pt"
+    if what == "pickle":
+        torch.save(Opaque(), path)
+    elif what == "garbage":
+        path.write_bytes(b"\x00\x01 not a file format")
+    proc = subprocess.run([sys.executable, "-m", "wsss.cli", "inspect", str(path)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wsss inspect: error: {path}")
+    assert "weights_only=False" not in proc.stderr  # never advise an unsafe load

@@ -80,6 +80,17 @@ def test_exif_turned_image_and_mask_sizes(tmp_path: Path) -> None:
             validate(bad, ["s"], check_pixels)
 
 
+def test_a_mask_with_an_exif_orientation_is_turned_like_an_image(tmp_path: Path) -> None:
+    values = np.zeros((20, 40), np.uint8)
+    values[:, :20] = 1  # left half class 1 as stored
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    path = tmp_path / "turned.png"
+    Image.fromarray(values).save(path, exif=exif)
+    mask = read_mask(path)
+    assert mask.shape == (40, 20) and (mask[:20] == 1).all() and (mask[20:] == 0).all()
+
+
 def voc_layout(root: Path, ids: list[str], split_lines: list[str], bom: bool = False) -> Path:
     for image_id in ids:
         (root / "JPEGImages").mkdir(parents=True, exist_ok=True)

@@ -201,12 +201,14 @@ EXIF_ORIENTATION = 0x0112
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a label-map PNG as uint8 [H, W] (palette indices, not colours)."""
+    """Read a label-map PNG as uint8 [H, W] (palette indices, not colours), turned by its
+    EXIF orientation if it has one, like the images."""
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: mask file is missing")
     try:
         with Image.open(path) as img:
             img.load()
+            img = ImageOps.exif_transpose(img)  # as for images (masks rarely carry EXIF)
             if img.mode not in ("P", "L", "I", "I;16"):
                 raise DatasetError(
                     f"{path}: mask has image mode {img.mode}; expected a palette or "
@@ -264,7 +266,7 @@ def _check_record(manifest: Manifest, rec: Record, check_pixels: bool) -> Record
                     f"(0..{manifest.num_labels - 1} or {IGNORE})"
                 )
         else:
-            mask_size = _header_size(rec.mask, oriented=False)
+            mask_size = _header_size(rec.mask)
         if tuple(mask_size) != (height, width):
             hint = ""
             if tuple(mask_size) == _header_size(rec.image, oriented=False):

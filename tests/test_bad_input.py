@@ -316,3 +316,45 @@ def test_inspect_on_what_it_cannot_read_is_one_line(what: str, tmp_path: Path) -
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"wsss inspect: error: {path}")
     assert "weights_only=False" not in proc.stderr  # never advise an unsafe load
+
+
+def test_predict_coco_rle_decodes_to_the_png_masks(random_seg_model: Path, tmp_path: Path) -> None:
+    """--format both: predictions.json's RLE masks, decoded by pycocotools, are the PNG
+    label maps; categories and per-image class scores come from the model."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.jpg", (30, 20)), ("b.png", (24, 36))):
+        pixels = (rng.random((*size, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / name)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "wsss.cli", "predict", "--model", str(random_seg_model),
+           "--images", str(images), "--out", str(out), "--device", "cpu", "--scales", "1.0",
+           "--format", "both"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "predictions.json").read_text())
+    assert data["categories"] == [{"id": 0, "name": "background"}, {"id": 1, "name": "a"},
+                                  {"id": 2, "name": "b"}]  # fmt: skip
+    assert [i["file_name"] for i in data["images"]] == ["a.jpg", "b.png"]
+    for image in data["images"]:
+        assert abs(sum(image["scores"].values()) - 1) < 1e-4
+        png = np.array(Image.open(out / (Path(image["file_name"]).stem + ".png")))
+        assert png.shape == (image["height"], image["width"])
+        rebuilt = np.full(png.shape, 255, np.uint8)
+        for ann in (a for a in data["annotations"] if a["image_id"] == image["id"]):
+            rle = {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"]}
+            binary = mask_utils.decode(rle).astype(bool)
+            assert binary.sum() == ann["area"] > 0 and 0 <= ann["score"] <= 1
+            assert (rebuilt[binary] == 255).all()  # one label per pixel
+            rebuilt[binary] = ann["category_id"]
+        np.testing.assert_array_equal(rebuilt, png)
+    coco_only = tmp_path / "coco"
+    cmd[cmd.index(str(out))] = str(coco_only)
+    cmd[-1] = "coco"
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert sorted(p.name for p in coco_only.iterdir()) == ["predictions.json", "skipped.txt"]

@@ -1,7 +1,12 @@
 """``wsss predict``: segment a folder of new images with a trained network.
 
 For every readable image ``DIR/name.ext`` it writes ``OUT/name.png`` (palette label map)
-and ``OUT/name_overlay.jpg`` (the labels blended over the image); files that share a name
+and ``OUT/name_overlay.jpg`` (the labels blended over the image) with ``--format png``
+(the default); ``--format coco`` writes instead one ``OUT/predictions.json`` for the
+folder: COCO-style ``categories`` (ids and names from the model), ``images`` (with each
+image's class scores: the mean probability of each label over the image) and
+``annotations``, one per image and predicted label, its mask as COCO RLE (decode with
+``pycocotools.mask.decode``); ``both`` writes both. Files that share a name
 but not an extension (``ok.jpg``, ``ok.png``) are written as ``OUT/ok_jpg.png``,
 ``OUT/ok_png.png``, so no result overwrites another. Unreadable files and dangling links
 are skipped, listed at the end and in ``OUT/skipped.txt``; a folder without any file is
@@ -17,6 +22,8 @@ from pathlib import Path
 from wsss.settings import DEVICE_HELP, SegmentParams
 from wsss.stage import Stage, arg
 
+FORMATS = ("png", "coco", "both")
+
 
 @dataclass(frozen=True, kw_only=True)
 class IO:
@@ -26,7 +33,16 @@ class IO:
     device: str = arg("auto", DEVICE_HELP)
 
 
-def run(io: IO, params: SegmentParams) -> list[Path]:
+@dataclass(frozen=True, kw_only=True)
+class Params(SegmentParams):
+    """Segmentation settings and what to write."""
+
+    format: str = arg(
+        "png", "png: label map and overlay per image; coco: one RLE JSON; both", choices=FORMATS
+    )
+
+
+def run(io: IO, params: Params) -> list[Path]:
     """Segment every file of ``io.images``; returns the files that could not be read."""
     import logging
 
@@ -55,6 +71,7 @@ def run(io: IO, params: SegmentParams) -> list[Path]:
         raise FileNotFoundError(f"{images_dir}: no image files in this folder")
     names = output_names(files)
     out_dir.mkdir(parents=True, exist_ok=True)
+    coco = CocoWriter(loaded.label_names) if params.format in ("coco", "both") else None
 
     def write(batch: list[tuple[Path, np.ndarray]]) -> None:
         probs = segment(
@@ -68,6 +85,10 @@ def run(io: IO, params: SegmentParams) -> list[Path]:
         )
         for (path, image), p in zip(batch, probs):
             labels = labels_from_probs(image, p, params)
+            if coco is not None:
+                coco.add(path.name, labels, p.cpu().numpy())
+            if params.format == "coco":
+                continue
             save_png(out_dir / f"{names[path]}.png", label_image(labels))
             overlay = (0.5 * image + 0.5 * colorize(labels)).astype(np.uint8)
             with atomic_path(out_dir / f"{names[path]}_overlay.jpg") as tmp:
@@ -86,6 +107,8 @@ def run(io: IO, params: SegmentParams) -> list[Path]:
             readable = []
     if readable:
         write(readable)
+    if coco is not None:
+        coco.write(out_dir / "predictions.json", str(io.model))
     with atomic_path(out_dir / "skipped.txt") as tmp:
         tmp.write_text("".join(f"{p}\n" for p in skipped))
     log.info(
@@ -99,6 +122,63 @@ def run(io: IO, params: SegmentParams) -> list[Path]:
     return skipped
 
 
+class CocoWriter:
+    """Collects the predictions of a folder as COCO-style JSON with RLE masks."""
+
+    def __init__(self, label_names: list[str]):
+        self.label_names = list(label_names)
+        self.images: list[dict] = []
+        self.annotations: list[dict] = []
+
+    def add(self, file_name: str, labels, probs) -> None:
+        """labels: uint8 [H, W]; probs: float [L, H, W] of one image."""
+        import numpy as np
+        from pycocotools import mask as mask_utils
+
+        image_id = len(self.images) + 1
+        height, width = labels.shape
+        scores = probs.reshape(len(self.label_names), -1).mean(1)
+        self.images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "height": int(height),
+                "width": int(width),
+                "scores": {n: round(float(v), 6) for n, v in zip(self.label_names, scores)},
+            }
+        )
+        for label in np.unique(labels).tolist():
+            binary = np.asfortranarray(labels == label, dtype=np.uint8)
+            rle = mask_utils.encode(binary)
+            self.annotations.append(
+                {
+                    "id": len(self.annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "segmentation": {
+                        "size": [int(height), int(width)],
+                        "counts": rle["counts"].decode("ascii"),
+                    },  # fmt: skip
+                    "area": int(binary.sum()),
+                    "score": round(float(probs[label][labels == label].mean()), 6),
+                }
+            )
+
+    def write(self, path: Path, model: str) -> None:
+        from wsss import __version__
+        from wsss.atomic import write_json
+
+        write_json(
+            path,
+            {
+                "info": {"description": f"wsss {__version__} predictions", "model": model},
+                "categories": [{"id": i, "name": n} for i, n in enumerate(self.label_names)],
+                "images": self.images,
+                "annotations": self.annotations,
+            },
+        )
+
+
 def output_names(files: list[Path]) -> dict[Path, str]:
     """The base name of each input's outputs: its stem, or ``stem_ext`` where several
     inputs share the stem (so that no output overwrites another)."""
@@ -108,4 +188,4 @@ def output_names(files: list[Path]) -> dict[Path, str]:
     return {p: p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in files}
 
 
-STAGE = Stage("predict", "segment a folder of new images", IO, SegmentParams, run)
+STAGE = Stage("predict", "segment a folder of new images", IO, Params, run)

@@ -2,23 +2,6 @@
 # CAMs per shard, score them.
 
 
-def cam_train_flags(wildcards, stage: int | None = None) -> str:
-    """The flags of cam.train for the last stage (``stage`` None) or for progressive stage
-    ``stage`` (its patches from cam.train.progressive)."""
-    train = dict(cfg(wildcards)["cam"]["train"])
-    schedule = train.pop("progressive")
-    if stage is not None:
-        train["patches"] = schedule[stage]
-    return flags(train)
-
-
-def cam_init(wildcards, stage: int | None = None) -> list[str]:
-    """The model a CAM training starts from: the previous progressive stage's, if any."""
-    count = len(cfg(wildcards)["cam"]["train"]["progressive"])
-    previous = count - 1 if stage is None else stage - 1
-    return [f"{RESULTS}/{wildcards.exp}/cam/stage-{previous}/model.pt"] if previous >= 0 else []
-
-
 rule train_cam_stage:
     input:
         manifest=manifest,

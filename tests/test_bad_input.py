@@ -358,3 +358,15 @@ def test_predict_coco_rle_decodes_to_the_png_masks(random_seg_model: Path, tmp_p
     cmd[-1] = "coco"
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert sorted(p.name for p in coco_only.iterdir()) == ["predictions.json", "skipped.txt"]
+
+
+def test_a_missing_pydensecrf_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsss.crf import dense_crf
+    from wsss.errors import MissingDependency
+    from wsss.settings import CRFParams
+
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import fails as if absent
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(MissingDependency, match=r"pip install pydensecrf2==1.1 .*C\+\+ compiler"):
+        dense_crf(image, np.ones((2, 4, 4)), CRFParams())

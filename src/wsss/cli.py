@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from wsss.errors import TrainingFailed
+    from wsss.errors import MissingDependency, TrainingFailed
 
     io = values_of(stage.io, args)
     params = values_of(stage.params, args) if stage.params is not None else None
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             claim()
         stage.run(io, params)
-    except (OSError, ValueError, KeyError, TrainingFailed) as err:
+    except (OSError, ValueError, KeyError, TrainingFailed, MissingDependency) as err:
         # DatasetError, StoreError, ModelFileError and ConfigError are ValueErrors; an
         # OSError (missing file, full disk, a file where a folder should be) names its path.
         if args.verbose:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from wsss.errors import MissingDependency
 from wsss.settings import CRFParams
 
 
@@ -13,7 +14,15 @@ def dense_crf(image: np.ndarray, scores: np.ndarray, params: CRFParams) -> np.nd
     image: uint8 RGB [H, W, 3]; scores: non-negative [L, H, W] (normalised per pixel into
     probabilities; unary = -log p). Returns the CRF marginals float32 [L, H, W].
     """
-    import pydensecrf.densecrf as dcrf
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError as err:
+        raise MissingDependency(
+            "the dense CRF needs the package pydensecrf2 (imported as pydensecrf), which is "
+            "not installed: pip install pydensecrf2==1.1 (it compiles at install and needs a "
+            "C++ compiler, e.g. apt-get install g++), or turn the dense CRF off "
+            "(affinity labels always use it; pseudo.crf: false, seg.infer.crf: false)"
+        ) from err
 
     labels, height, width = scores.shape
     if image.shape[:2] != (height, width):

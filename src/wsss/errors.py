@@ -6,3 +6,8 @@ from __future__ import annotations
 
 class TrainingFailed(RuntimeError):
     """A training whose health checks failed (see :mod:`wsss.health`)."""
+
+
+class MissingDependency(ImportError):
+    """An optional compiled dependency that is not installed; the message says how to get it
+    or how to do without it."""

@@ -85,11 +85,12 @@ def main() -> int:
     steps = [s["key"] for s in the_plan["steps"]]
     print(f"{config['run']}: mIoU (pseudo-label steps on train, segmentation on val)\n")
     print(
-        "| variant | " + " | ".join(steps) + " | weak / full | CAM val score (prior) "
-        "| s / CAM epoch | CAM training peak (MB) | peak of all jobs (MB) |"
+        "| variant | " + " | ".join(steps) + " | pseudo vs first | weak / full "
+        "| CAM val score (prior) | s / CAM epoch | CAM training peak (MB) | peak of all jobs (MB) |"
     )
-    print("|---" * (len(steps) + 6) + "|")
+    print("|---" * (len(steps) + 7) + "|")
     per_class: dict[str, dict] = {}
+    first_pseudo = None
     for exp in the_plan["experiments"]:
         miou = {}
         for key in steps:
@@ -106,11 +107,14 @@ def main() -> int:
             score = f"{fmt(verdict['final'])} ({fmt(verdict['prior'])})"
         weak, full = miou.get("seg"), miou.get("seg_full")
         ratio = weak / full if weak is not None and full else None
+        pseudo = miou.get("pseudo")
+        first_pseudo = pseudo if first_pseudo is None else first_pseudo
+        change = "—" if pseudo is None or first_pseudo is None else f"{pseudo - first_pseudo:+.2f}"
         every = [p for paths in exp["benchmarks"].values() for p in paths]
         print(
             f"| {exp['name']} | "
             + " | ".join(fmt(miou.get(k)) for k in steps)
-            + f" | {fmt(ratio, 3)} | {score}"
+            + f" | {change} | {fmt(ratio, 3)} | {score}"
             + f" | {fmt(mean_epoch_seconds(cam_dir / 'training.csv'), 1)}"
             + f" | {fmt(max_rss(exp['benchmarks']['train_cam']), 0)} | {fmt(max_rss(every), 0)} |"
         )

@@ -17,8 +17,11 @@ from typing import Any
 
 def temp_name(path: Path) -> Path:
     """The temporary sibling of ``path`` used while it is being written; temporary
-    siblings that killed writers of the same file left behind are removed first."""
-    remove_stale(path)
+    siblings that killed writers of the same file left behind are removed first, except
+    inside a temporary directory (new, so nothing is stale there), where the per-image
+    files of a shard are written and a directory scan per file would cost O(n^2)."""
+    if ".tmp-" not in path.parent.name:
+        remove_stale(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 

@@ -1,6 +1,9 @@
 # make demo   create the venv, install, run the whole pipeline on the built-in dataset,
 #             write its HTML report and print every stage's mIoU
 # make test   create the venv, install, run the tests
+# make test-packaging   the wheel and the conda env's pip part in fresh venvs
+# make lock   refresh requirements.lock (exact versions and hashes) from pyproject.toml
+#             (as pip resolves it on this machine)
 # make rulegraph   redraw docs/rulegraph.png (needs Graphviz's `dot`)
 
 PYTHON ?= python3
@@ -9,13 +12,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: venv demo test rulegraph clean
+.PHONY: venv demo test test-packaging lock rulegraph clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.txt
+# The locked dependencies (hash-checked), then the package itself from this source.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+		-r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
@@ -26,7 +31,16 @@ demo: $(STAMP)
 	@echo "HTML report (open in a browser): results/demo/report.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=10 tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=10 -m "not packaging" tests
+
+# The wheel and the conda env file's pip part, each installed into a fresh venv (torch
+# included: minutes, several GB on disk while they run).
+test-packaging: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m packaging tests/test_packaging.py
+
+# The package's dependencies with its workflow and test extras, pinned with hashes.
+lock: $(STAMP)
+	$(BIN)/python tools/lock.py --out requirements.lock
 
 rulegraph: $(STAMP)
 	$(BIN)/snakemake --rulegraph | dot -Tpng -Gdpi=110 > docs/rulegraph.png

@@ -120,7 +120,8 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
         "report/stages.html",
         "report/per_class.png",
         "report/examples.png",
-        "report/training.png",
+        "report/training/cam.png",
+        "report/training/seg_full.png",
         "cam/training.csv",
         "cam/health.json",
         "aff/training.csv",
@@ -128,6 +129,20 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
         "seg_full/health.json",
     ]:
         assert (run / path).is_file(), path
+    gallery = run / "report" / "gallery"
+    columns = sorted(p.name for p in gallery.iterdir())
+    assert columns == [
+        "1-image",
+        "2-cam",
+        "3-affinity-labels",
+        "4-pseudo-mask",
+        "5-prediction",
+        "6-ground-truth",
+    ]
+    shown = {c: sorted(p.stem for p in (gallery / c).glob("*.png")) for c in columns}
+    assert len(shown["1-image"]) == 6 and all(ids == shown["1-image"] for ids in shown.values())
+    curves = sorted(p.name for p in (run / "report" / "training").iterdir())
+    assert curves == ["aff.png", "cam.png", "seg.png", "seg_full.png"]
     train_ids = (finished_run / "data/demo/ImageSets/Segmentation/train.txt").read_text().split()
     for stage in ("aff_labels", "pseudo"):
         pngs = sorted(p.stem for p in (run / stage).glob("shard-*/*.png"))

@@ -101,11 +101,12 @@ def _health_table(histories: Sequence[str | os.PathLike[str]]) -> str:
 
 
 def training_curves(
-    histories: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
-) -> None:
-    """Per trained network (a ``training.csv`` each): the training loss (and its terms,
-    ``loss_<name>`` columns, dashed) and the held-out score per epoch, with the trivial
-    prior as a dashed line (PNG)."""
+    histories: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """One PNG per trained network (a ``training.csv`` each, named after its directory:
+    ``cam``, ``aff``, ...) in ``out_dir`` (written as a whole): the training loss (and its
+    terms, ``loss_<name>`` columns, dashed) above the held-out score per epoch, with the
+    trivial prior as a dashed line. Returns the files written."""
     import csv
 
     import matplotlib
@@ -114,38 +115,44 @@ def training_curves(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    runs = []
-    for path in histories:
-        with open(path, newline="") as fh:
-            runs.append((Path(path).parent.name, list(csv.DictReader(fh))))
-    fig, axes = plt.subplots(2, len(runs), figsize=(3.2 * len(runs) + 1, 5.2), squeeze=False)
-    for column, (name, rows) in enumerate(runs):
-        epochs = [int(r["epoch"]) for r in rows]
-        loss_ax, score_ax = axes[0][column], axes[1][column]
-        loss_ax.plot(epochs, [float(r["loss"]) for r in rows], marker="o", label="loss")
-        terms = [k for k in rows[0] if k.startswith("loss_")]
-        for term in terms:
-            values = [float(r[term]) for r in rows]
-            loss_ax.plot(epochs, values, ls="--", marker=".", label=term.removeprefix("loss_"))
-        if terms:
-            loss_ax.legend(fontsize=7)
-        loss_ax.set_title(name)
-        loss_ax.set_ylabel("training loss")
-        loss_ax.grid(alpha=0.3)
-        metrics = [k for k in rows[0] if k.startswith("val_") and not k.endswith("_prior")]
-        for metric in metrics[:1] + [m for m in metrics[1:] if m == "val_top1"]:
-            score_ax.plot(epochs, [float(r[metric]) for r in rows], marker="o", label=metric)
-        priors = [k for k in rows[0] if k.endswith("_prior")]
-        if priors:
-            score_ax.axhline(float(rows[-1][priors[0]]), ls="--", c="grey", label="prior")
-        score_ax.set_xlabel("epoch")
-        score_ax.set_ylabel("held-out score (%)")
-        score_ax.set_ylim(0, 100)
-        score_ax.grid(alpha=0.3)
-        score_ax.legend(fontsize=7)
-        for ax in (loss_ax, score_ax):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    save_figure(fig, out)
+    from wsss.atomic import atomic_dir
+
+    written = []
+    with atomic_dir(out_dir) as tmp:
+        for path in histories:
+            name = Path(path).parent.name
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            fig, (loss_ax, score_ax) = plt.subplots(2, 1, figsize=(4.6, 5.6), sharex=True)
+            epochs = [int(r["epoch"]) for r in rows]
+            loss_ax.plot(epochs, [float(r["loss"]) for r in rows], marker="o", label="loss")
+            terms = [k for k in rows[0] if k.startswith("loss_")]
+            for term in terms:
+                values = [float(r[term]) for r in rows]
+                loss_ax.plot(epochs, values, ls="--", marker=".", label=term.removeprefix("loss_"))
+            if terms:
+                loss_ax.legend(fontsize=7)
+            loss_ax.set_title(name)
+            loss_ax.set_ylabel("training loss")
+            loss_ax.grid(alpha=0.3)
+            metrics = [k for k in rows[0] if k.startswith("val_") and not k.endswith("_prior")]
+            for metric in metrics[:1] + [m for m in metrics[1:] if m == "val_top1"]:
+                score_ax.plot(epochs, [float(r[metric]) for r in rows], marker="o", label=metric)
+            priors = [k for k in rows[0] if k.endswith("_prior")]
+            if priors:
+                score_ax.axhline(float(rows[-1][priors[0]]), ls="--", c="grey", label="prior")
+            score_ax.set_xlabel("epoch")
+            score_ax.set_ylabel("held-out score (%)")
+            score_ax.set_ylim(0, 100)
+            score_ax.grid(alpha=0.3)
+            score_ax.legend(fontsize=7)
+            for ax in (loss_ax, score_ax):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            fig.tight_layout()
+            fig.savefig(tmp / f"{name}.png", dpi=110)
+            plt.close(fig)
+            written.append(Path(out_dir) / f"{name}.png")
+    return written
 
 
 def per_class_plot(metrics: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> None:

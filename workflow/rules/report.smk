@@ -22,11 +22,12 @@ rule report_figures:
             labels={"experiment": "{exp}", "figure": "per-class IoU"},
         ),
         curves=report(
-            out("report/training.png"),
+            directory(out("report/training")),
+            patterns=["{network}.png"],
             caption="../report/training.rst",
             category="3. Training",
-            subcategory="{exp}",
-            labels={"experiment": "{exp}", "figure": "training curves"},
+            subcategory="{network}",
+            labels={"experiment": "{exp}", "network": "{network}"},
         ),
     params:
         histories=lambda wc, input: [
@@ -58,6 +59,14 @@ rule report_examples:
             subcategory="{exp}",
             labels={"experiment": "{exp}", "figure": "examples"},
         ),
+        gallery=report(
+            directory(out("report/gallery")),
+            patterns=["{column}/{image}.png"],
+            caption="../report/gallery.rst",
+            category="2. Examples",
+            subcategory="{column}",
+            labels={"experiment": "{exp}", "column": "{column}", "image": "{image}"},
+        ),
     params:
         split=setting("dataset", "eval_split"),
         labels=lambda wc, input: " ".join(
@@ -73,4 +82,5 @@ rule report_examples:
     shell:
         "wsss figure --manifest {input.manifest} --split {params.split} --out {output.panel}"
         " --maps {input.cams} --labels {params.labels} --model {input.model} --count 6"
+        " --gallery {output.gallery}"
         " > {log} 2>&1"

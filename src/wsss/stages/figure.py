@@ -1,7 +1,9 @@
 """Stage: a picture of a few images through the pipeline, one row per image.
 
 Columns: the image, then whatever the run has made of it that is given (CAMs, label maps of
-later stages, a segmentation network's prediction), then the ground truth."""
+later stages, a segmentation network's prediction), then the ground truth. With
+``--gallery``, every picture of the panel is also a file of its own, one folder per column
+(the report shows each folder as a gallery)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ class IO:
     manifest: Path = arg(help=MANIFEST_HELP)
     split: str = arg("train", "split the images come from")
     out: Path = arg(help="panel PNG to write")
+    gallery: Path | None = arg(
+        None, "also write each picture of the panel to <gallery>/<N>-<column>/<id>.png"
+    )
     maps: tuple[Path, ...] = arg((), "CAM shard files (shown as a heat map)")
     labels: tuple[str, ...] = arg(
         (), "TITLE=DIR: directories of <id>.png label maps with a column title"
@@ -34,7 +39,9 @@ def run(io: IO, params: None = None) -> None:
     """
     import logging
 
-    from wsss.atomic import save_png
+    from PIL import Image
+
+    from wsss.atomic import atomic_dir, save_png
     from wsss.common import find_labels
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import Manifest, read_image, read_mask
@@ -75,6 +82,14 @@ def run(io: IO, params: None = None) -> None:
         reader.close()
     save_png(io.out, panel(rows, titles))
     logging.getLogger(__name__).info("wrote %s (%d images)", io.out, len(rows))
+    if io.gallery is not None:
+        with atomic_dir(io.gallery) as tmp:
+            for column, title in enumerate(titles, 1):
+                folder = tmp / f"{column}-{title.lower().replace(' ', '-')}"
+                folder.mkdir()
+                for image_id, row in zip(chosen, rows):
+                    save_png(folder / f"{image_id}.png", Image.fromarray(row[column - 1]))
+        logging.getLogger(__name__).info("wrote %s (%d columns)", io.gallery, len(titles))
 
 
 STAGE = Stage("figure", "a panel PNG: image, CAM, label maps, prediction, truth", IO, None, run)

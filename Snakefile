@@ -2,6 +2,7 @@
 #   snakemake --cores all                       # the demo run (config.yaml)
 #   snakemake --cores all --configfile configs/msrc21.yaml
 #   snakemake --cores all --configfile configs/ablation_demo.yaml   # several experiments
+#   snakemake --cores all --config method=wsfcn  # WS-FCN, the single-stage method
 #   snakemake --report report.html              # the HTML report of a finished run
 # Rules only wire files to `wsss <stage>` commands; the code lives in src/wsss.
 
@@ -27,6 +28,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/affinity.smk"
 include: "workflow/rules/segmentation.smk"
+include: "workflow/rules/wsfcn.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/experiments.smk"
 
@@ -38,6 +40,7 @@ localrules:
     eval_rw,
     eval_pseudo,
     eval_seg,
+    eval_wsfcn,
     report_figures,
     report_examples,
     experiment_plan,
@@ -53,7 +56,7 @@ rule all:
         [
             expand(rules.report_examples.output, exp=path)
             for path in EXPERIMENTS
-            if "seg" in [s.key for s in pipeline.steps_of(EXPERIMENTS[path].config)]
+            if has_examples(path)
         ],
         rules.compare.output if COMPARE else [],
     default_target: True

@@ -1,6 +1,7 @@
 """Run an experiments config (an ablation) and print its table: per variant the mIoU of every
-scored step, the CAM network's held-out score, seconds per CAM-training epoch and peak memory;
-then the per-class IoU changes against the first variant for the classes asked for.
+scored step, the first network's held-out score (the CAM network, or WS-FCN for method
+wsfcn), its seconds per training epoch and peak memory; then the per-class IoU changes
+against the first variant for the classes asked for.
 
     .venv/bin/python benchmarks/ablation.py --config configs/ablation_hfpl_demo.yaml
     .venv/bin/python benchmarks/ablation.py --base configs/msrc21.yaml \\
@@ -9,9 +10,12 @@ then the per-class IoU changes against the first variant for the classes asked f
 
 ``--base`` names preset configs the ablation builds on (applied first), ``--data`` sets
 ``dataset.root``; ``--no-run`` only prints the table of finished results.
-Pseudo-label steps are scored on the train split, segmentation on val. Seconds per epoch are
-the mean of the CAM training's ``training.csv``; peak memory is the largest ``max_rss`` of the
-variant's CAM training and of all its jobs (Snakemake ``benchmark:`` files).
+Pseudo-label steps are scored on the train split, segmentation on val; "train masks vs first"
+compares each variant's last train-split step (pseudo-masks, or WS-FCN's masks) with the first
+variant's, and weak / full divides its last weakly supervised segmentation (seg, or WS-FCN's
+val masks) by the bound. Seconds per epoch are the mean of the first network's
+``training.csv``; peak memory is the largest ``max_rss`` of that training and of all the
+variant's jobs (Snakemake ``benchmark:`` files).
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from pathlib import Path
 
 import yaml
 
+from wsss.pipeline import WEAK, all_steps
+
 ROOT = Path(__file__).resolve().parent.parent
+# The first network of each method: its training rule and directory.
+NETWORKS = {"train_cam": "cam", "train_wsfcn": "wsfcn"}
 
 
 def mean_epoch_seconds(history: Path) -> float | None:
@@ -47,6 +55,13 @@ def max_rss(paths: list[str]) -> float | None:
             if rows and rows[-1]["max_rss"] not in ("", "NA", "-"):
                 peaks.append(float(rows[-1]["max_rss"]))
     return max(peaks) if peaks else None
+
+
+def train_masks(by_step: dict):
+    """The value of the last train-split step found in ``by_step`` (step key -> value): the
+    pseudo-masks, or WS-FCN's masks of the train split; None when there is none."""
+    found = [k for k, s in all_steps().items() if s.split == "train" and k in by_step]
+    return by_step[found[-1]] if found else None
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
@@ -85,12 +100,12 @@ def main() -> int:
     steps = [s["key"] for s in the_plan["steps"]]
     print(f"{config['run']}: mIoU (pseudo-label steps on train, segmentation on val)\n")
     print(
-        "| variant | " + " | ".join(steps) + " | pseudo vs first | weak / full "
-        "| CAM val score (prior) | s / CAM epoch | CAM training peak (MB) | peak of all jobs (MB) |"
+        "| variant | " + " | ".join(steps) + " | train masks vs first | weak / full "
+        "| network | val score (prior) | s / epoch | training peak (MB) | peak of all jobs (MB) |"
     )
-    print("|---" * (len(steps) + 7) + "|")
+    print("|---" * (len(steps) + 8) + "|")
     per_class: dict[str, dict] = {}
-    first_pseudo = None
+    first_masks = None
     for exp in the_plan["experiments"]:
         miou = {}
         for key in steps:
@@ -99,33 +114,35 @@ def main() -> int:
                 data = json.loads(metrics.read_text())
                 miou[key] = data["miou"]
                 per_class.setdefault(exp["name"], {})[key] = data.get("per_class", {})
-        cam_dir = ROOT / Path(exp["benchmarks"]["train_cam"][0]).parent.parent / "cam"
-        health = cam_dir / "health.json"
+        rule = next(r for r in NETWORKS if r in exp["benchmarks"])
+        net_dir = ROOT / Path(exp["benchmarks"][rule][0]).parent.parent / NETWORKS[rule]
+        health = net_dir / "health.json"
         score = ""
         if health.exists():
             verdict = json.loads(health.read_text())
             score = f"{fmt(verdict['final'])} ({fmt(verdict['prior'])})"
-        weak, full = miou.get("seg"), miou.get("seg_full")
+        weak = next((miou[k] for k in reversed(steps) if k in WEAK and k in miou), None)
+        full = miou.get("seg_full")
         ratio = weak / full if weak is not None and full else None
-        pseudo = miou.get("pseudo")
-        first_pseudo = pseudo if first_pseudo is None else first_pseudo
-        change = "—" if pseudo is None or first_pseudo is None else f"{pseudo - first_pseudo:+.2f}"
+        masks = train_masks(miou)
+        first_masks = masks if first_masks is None else first_masks
+        change = "—" if masks is None or first_masks is None else f"{masks - first_masks:+.2f}"
         every = [p for paths in exp["benchmarks"].values() for p in paths]
         print(
             f"| {exp['name']} | "
             + " | ".join(fmt(miou.get(k)) for k in steps)
-            + f" | {change} | {fmt(ratio, 3)} | {score}"
-            + f" | {fmt(mean_epoch_seconds(cam_dir / 'training.csv'), 1)}"
-            + f" | {fmt(max_rss(exp['benchmarks']['train_cam']), 0)} | {fmt(max_rss(every), 0)} |"
+            + f" | {change} | {fmt(ratio, 3)} | {NETWORKS[rule]} | {score}"
+            + f" | {fmt(mean_epoch_seconds(net_dir / 'training.csv'), 1)}"
+            + f" | {fmt(max_rss(exp['benchmarks'][rule]), 0)} | {fmt(max_rss(every), 0)} |"
         )
     if args.classes:
         first = the_plan["experiments"][0]["name"]
-        print(f"\nper-class IoU, change against {first} (pseudo-mask step, train)\n")
+        print(f"\nper-class IoU, change against {first} (last train-split step)\n")
         print("| variant | " + " | ".join(args.classes) + " |")
         print("|---" * (len(args.classes) + 1) + "|")
-        base = per_class.get(first, {}).get("pseudo", {})
+        base = train_masks(per_class.get(first, {})) or {}
         for name, steps_found in per_class.items():
-            values = steps_found.get("pseudo", {})
+            values = train_masks(steps_found) or {}
             cells = []
             for cls in args.classes:
                 v, b = values.get(cls), base.get(cls)

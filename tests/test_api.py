@@ -59,7 +59,7 @@ def test_cams_and_classes_of_a_cam_model(models: dict[str, Path]) -> None:
     assert 0 <= maps["dog"].min() and maps["dog"].max() <= 1
     probs = cam.classify(image)
     assert list(probs) == ["cat", "dog"] and all(0 < p < 1 for p in probs.values())
-    with pytest.raises(ValueError, match="a 'cam' model; predict needs a 'seg' model"):
+    with pytest.raises(ValueError, match="a 'cam' model; predict needs a 'seg' or 'wsfcn' model"):
         cam.predict(image)
     with pytest.raises(ValueError, match="no class \\['zebra'\\]"):
         cam.cams(image, ["zebra"])

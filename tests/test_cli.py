@@ -31,6 +31,7 @@ COMMANDS = {
     "eval-labels",
     "train-seg",
     "infer-seg",
+    "train-wsfcn",
     "predict",
     "figure",
     "inspect",

@@ -172,3 +172,25 @@ def test_import_is_light() -> None:
     code = "import sys, wsss.compare; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_weak_over_full_takes_each_experiments_last_weak_segmentation(tmp_path: Path) -> None:
+    """WS-FCN's val masks are its weak result; with the hybrid's segmentation network too,
+    that network (the later step) is."""
+    steps = [
+        {"key": "pseudo", "title": "pseudo-masks"},
+        {"key": "wsfcn_train", "title": "WS-FCN masks"},
+        {"key": "wsfcn_val", "title": "WS-FCN segmentation, weak"},
+        {"key": "seg", "title": "segmentation, weak"},
+        {"key": "seg_full", "title": "bound"},
+    ]
+    psa = _experiment(tmp_path, "psa", "psa", 0, {"pseudo": 60.0, "seg": 40.0, "seg_full": 80.0})
+    wsfcn = _experiment(
+        tmp_path, "wsfcn", "wsfcn", 0, {"wsfcn_train": 55.0, "wsfcn_val": 50.0, "seg_full": 80.0}
+    )
+    hybrid = _experiment(
+        tmp_path, "hybrid", "hybrid", 0, {"wsfcn_val": 50.0, "seg": 60.0, "seg_full": 80.0}
+    )
+    found = compare({"steps": steps, "experiments": [psa, wsfcn, hybrid]})["experiments"]
+    assert [e["weak_full"] for e in found] == pytest.approx([0.5, 0.625, 0.75])
+    assert found[0]["miou"]["wsfcn_val"] is None and found[1]["miou"]["pseudo"] is None

@@ -11,12 +11,13 @@ import pytest
 import yaml
 
 from wsss.experiments import TRAININGS, Experiment, expand, lookup, merge, owner, plan
-from wsss.pipeline import ARTEFACTS, STEPS, networks_of, steps_of
+from wsss.pipeline import ARTEFACTS, METHODS, STEPS, all_steps, networks_of, steps_of
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
 
-EVERY_ARTEFACT = set(ARTEFACTS)
+PSA = ARTEFACTS["psa"]
+EVERY_ARTEFACT = set(PSA)
 
 
 def base() -> dict:
@@ -31,10 +32,11 @@ def with_experiments(*entries: dict) -> dict:
 
 
 def shared_with_first(experiments: dict[str, Experiment], path: str) -> set[str]:
-    """The artefacts that ``path`` reads from the first experiment's directory."""
+    """The artefacts (of the psa chain) that ``path`` reads from the first experiment's
+    directory."""
     first = next(iter(experiments))
-    assert all(owner(experiments, first, a) == first for a in ARTEFACTS)
-    return {a for a in ARTEFACTS if owner(experiments, path, a) == first}
+    assert all(owner(experiments, first, a) == first for a in PSA)
+    return {a for a in PSA if owner(experiments, path, a) == first}
 
 
 def two(overrides: dict) -> dict[str, Experiment]:
@@ -129,18 +131,18 @@ def test_seeds_set_every_training_seed() -> None:
         lookup(config, key)["seed"] = 7
     config["experiments"] = [{"name": "base"}, {"name": "rep", "seeds": [0, 1, 2]}]
     found = expand(config)
-    assert TRAININGS == ("cam.train", "affinity.train", "seg.train")
+    assert TRAININGS == ("cam.train", "affinity.train", "seg.train", "wsfcn.train")
     for seed in (0, 1, 2):
         settings = found[f"demo/rep-seed{seed}"].config
-        assert [lookup(settings, key)["seed"] for key in TRAININGS] == [seed] * 3
+        assert [lookup(settings, key)["seed"] for key in TRAININGS] == [seed] * 4
         # nothing else changes
         for key in TRAININGS:
             rest = {k: v for k, v in lookup(settings, key).items() if k != "seed"}
             assert rest == {k: v for k, v in lookup(BASE, key).items() if k != "seed"}
         assert settings["demo"]["seed"] == BASE["demo"]["seed"]
     # an experiment without seeds keeps the config's
-    assert [lookup(found["demo/base"].config, k)["seed"] for k in TRAININGS] == [7, 7, 7]
-    assert [lookup(config, k)["seed"] for k in TRAININGS] == [7, 7, 7]
+    assert [lookup(found["demo/base"].config, k)["seed"] for k in TRAININGS] == [7] * 4
+    assert [lookup(config, k)["seed"] for k in TRAININGS] == [7] * 4
     # the seeds' configs are separate objects
     found["demo/rep-seed0"].config["cam"]["train"]["lr"] = 1.0
     assert found["demo/rep-seed1"].config["cam"]["train"]["lr"] == 0.01
@@ -286,7 +288,7 @@ def test_plan_points_at_the_owners_files() -> None:
 
     bench = second["benchmarks"]
     # every rule's files (progressive CAM stages: none without a schedule)
-    rules = {rule for a in ARTEFACTS.values() for rule in a.rules}
+    rules = {rule for a in PSA.values() for rule in a.rules}
     assert set(bench) == rules - {"train_cam_stage"}
     assert bench["infer_cam"] == [
         "results/demo/beta8/benchmarks/infer_cam-0.tsv",
@@ -300,7 +302,7 @@ def test_plan_points_at_the_owners_files() -> None:
     assert bench["train_seg"] == ["results/demo/beta4/benchmarks/train_seg.tsv"]
     assert bench["train_seg_full"] == ["results/demo/beta8/benchmarks/train_seg_full.tsv"]
     assert bench["eval_rw"] == ["results/demo/beta4/benchmarks/eval_rw.tsv"]
-    for artefact in ARTEFACTS.values():
+    for artefact in PSA.values():
         for rule in set(artefact.rules) - {"train_cam_stage"}:
             assert len(bench[rule]) == (2 if artefact.sharded else 1), rule
             assert len(first["benchmarks"][rule]) == (2 if artefact.sharded else 1), rule
@@ -347,29 +349,39 @@ def test_plan_without_the_bound_and_with_seeds() -> None:
 # ---- the artefact graph -------------------------------------------------------------------
 
 
-def test_the_artefact_graph_is_closed_and_acyclic() -> None:
-    for name, artefact in ARTEFACTS.items():
+@pytest.mark.parametrize("method", METHODS)
+def test_the_artefact_graph_is_closed_and_acyclic(method: str) -> None:
+    artefacts = ARTEFACTS[method]
+    for name, artefact in artefacts.items():
         for source in artefact.sources:
-            assert source in ARTEFACTS, (name, source)
+            assert source in artefacts, (name, source)
         assert artefact.rules, name
-    for method, steps in STEPS.items():
-        for step in steps:
-            assert step.artefact in ARTEFACTS, (method, step.key)
-            assert step.split in ("train", "val"), step.key
-    graph = {name: artefact.sources for name, artefact in ARTEFACTS.items()}
+    for step in STEPS[method]:
+        assert step.artefact in artefacts, (method, step.key)
+        assert step.split in ("train", "val"), step.key
+    graph = {name: artefact.sources for name, artefact in artefacts.items()}
     order = list(graphlib.TopologicalSorter(graph).static_order())  # CycleError on a cycle
-    assert set(order) == EVERY_ARTEFACT
+    assert set(order) == set(artefacts)
     assert order.index("dataset") == 0
     # every rule makes one artefact only
-    rules = [rule for a in ARTEFACTS.values() for rule in a.rules]
+    rules = [rule for a in artefacts.values() for rule in a.rules]
     assert len(rules) == len(set(rules))
+
+
+def test_a_rule_makes_the_same_artefact_in_every_method() -> None:
+    made = {}
+    for artefacts in ARTEFACTS.values():
+        for name, artefact in artefacts.items():
+            for rule in artefact.rules:
+                assert made.setdefault(rule, name) == name, rule
 
 
 def test_every_artefact_key_is_a_config_setting() -> None:
     # a misspelt key would read None for every experiment and share what differs
-    for name, artefact in ARTEFACTS.items():
-        for key in artefact.keys:
-            assert lookup(BASE, key) is not None, (name, key)
+    for artefacts in ARTEFACTS.values():
+        for name, artefact in artefacts.items():
+            for key in artefact.keys:
+                assert lookup(BASE, key) is not None, (name, key)
 
 
 def test_steps_of_follows_the_bound() -> None:
@@ -406,3 +418,98 @@ def test_plan_lists_the_benchmarks_of_every_progressive_stage() -> None:
         "results/demo/ppl/benchmarks/train_cam_stage-1.tsv",
     ]
     assert found["train_cam"] == ["results/demo/ppl/benchmarks/train_cam.tsv"]
+
+
+# ---- method wsfcn -------------------------------------------------------------------------
+
+
+def test_wsfcn_steps_follow_the_hybrid_switch_and_the_last_step() -> None:
+    config = base()
+    config["method"] = "wsfcn"
+    assert [s.key for s in steps_of(config)] == ["wsfcn_train", "wsfcn_val", "seg_full"]
+    assert set(networks_of(config)) == {"wsfcn_model", "seg_full_model"}
+    config["wsfcn"]["hybrid"] = True
+    assert [s.key for s in steps_of(config)] == ["wsfcn_train", "wsfcn_val", "seg", "seg_full"]
+    assert networks_of(config) == {
+        "wsfcn_model": "wsfcn/model.pt",
+        "seg_model": "seg/model.pt",
+        "seg_full_model": "seg_full/model.pt",
+    }
+    config["last_step"] = "wsfcn_train"
+    assert [s.key for s in steps_of(config)] == ["wsfcn_train"]
+    assert set(networks_of(config)) == {"wsfcn_model"}
+    config["wsfcn"]["hybrid"] = False
+    config["last_step"] = "seg"
+    with pytest.raises(ValueError, match="last_step: step 'seg' is off: wsfcn.hybrid"):
+        steps_of(config)
+
+
+def test_every_step_in_one_order_that_keeps_each_methods() -> None:
+    assert list(all_steps()) == [
+        "cam",
+        "aff_labels",
+        "rw",
+        "pseudo",
+        "wsfcn_train",
+        "wsfcn_val",
+        "seg",
+        "seg_full",
+    ]
+
+
+def test_methods_share_the_dataset_and_the_bound_and_nothing_else() -> None:
+    found = expand(
+        with_experiments(
+            {"name": "psa"},
+            {"name": "hybrid", "overrides": {"method": "wsfcn", "wsfcn": {"hybrid": True}}},
+            {"name": "wsfcn", "overrides": {"method": "wsfcn"}},
+        )
+    )
+    for artefact in ("dataset", "seg_full_model", "seg_full_eval"):
+        assert owner(found, "demo/hybrid", artefact) == "demo/psa", artefact
+    # the segmentation network of the hybrid learns from WS-FCN's masks, psa's from its own
+    assert owner(found, "demo/hybrid", "seg_model") == "demo/hybrid"
+    for artefact in ("wsfcn_model", "wsfcn_train", "wsfcn_val_eval"):
+        assert owner(found, "demo/wsfcn", artefact) == "demo/hybrid", artefact
+    with pytest.raises(ValueError, match="method wsfcn makes no artefact 'cam'"):
+        owner(found, "demo/wsfcn", "cam")
+
+    out = plan(found, "results")
+    assert [s["key"] for s in out["steps"]] == [
+        "cam",
+        "aff_labels",
+        "rw",
+        "pseudo",
+        "wsfcn_train",
+        "wsfcn_val",
+        "seg",
+        "seg_full",
+    ]
+    psa, hybrid, wsfcn = out["experiments"]
+    assert set(psa["metrics"]) == {"cam", "aff_labels", "rw", "pseudo", "seg", "seg_full"}
+    assert set(wsfcn["metrics"]) == {"wsfcn_train", "wsfcn_val", "seg_full"}
+    assert hybrid["metrics"]["seg"] == "results/demo/hybrid/metrics/seg.json"
+    assert wsfcn["metrics"]["wsfcn_val"] == "results/demo/hybrid/metrics/wsfcn_val.json"
+    assert wsfcn["shared"] == {"wsfcn_train": "hybrid", "wsfcn_val": "hybrid", "seg_full": "psa"}
+    # the benchmarks of the rules that made what each experiment reads, and no others
+    assert set(wsfcn["benchmarks"]) == {
+        "prepare_dataset",
+        "train_wsfcn",
+        "infer_wsfcn_train",
+        "eval_wsfcn_train",
+        "infer_wsfcn_val",
+        "eval_wsfcn_val",
+        "train_seg_full",
+        "infer_seg_full",
+        "eval_seg_full",
+    }
+    assert wsfcn["benchmarks"]["infer_wsfcn_val"] == [
+        "results/demo/hybrid/benchmarks/infer_wsfcn_val-0.tsv",
+        "results/demo/hybrid/benchmarks/infer_wsfcn_val-1.tsv",
+    ]
+    assert set(hybrid["benchmarks"]) == set(wsfcn["benchmarks"]) | {
+        "train_seg",
+        "infer_seg",
+        "eval_seg",
+    }
+    assert "train_cam" in psa["benchmarks"] and "train_wsfcn" not in psa["benchmarks"]

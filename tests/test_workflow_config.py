@@ -213,8 +213,12 @@ SECTIONS = {
     "pseudo": "wsss.stages.pseudo_masks:Params",
     "seg.train": "wsss.stages.train_seg:Params",
     "seg.infer": "wsss.settings:SegmentParams",
+    "wsfcn.train": "wsss.stages.train_wsfcn:Params",
+    "wsfcn.infer": "wsss.settings:SegmentParams",
     "demo": "wsss.stages.make_demo:Params",
 }
+# Defaults of a section that are its method's reference rather than the shared stage's.
+METHOD_DEFAULTS = {"wsfcn.infer": {"scales": (1.0, 0.5, 1.5, 2.0)}}
 # Params fields a rule sets itself rather than from the config section (and the flag it uses).
 SET_BY_RULE = {"seg.train": {"supervision": "--supervision {params.supervision}"}}
 # Keys of a section that the rules read themselves and do not pass on as flags (and the
@@ -260,7 +264,7 @@ def test_same_compares_settings() -> None:
 @pytest.mark.parametrize("section", SECTIONS)
 def test_schema_defaults_are_the_stage_defaults(section: str) -> None:
     properties = schema_section(section)
-    fields = params_of(SECTIONS[section])
+    fields = {**params_of(SECTIONS[section]), **METHOD_DEFAULTS.get(section, {})}
     rule_set = SET_BY_RULE.get(section, {})
     differences = [
         (key, spec["default"], fields[key])

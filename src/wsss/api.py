@@ -4,11 +4,12 @@
 
     seg = load("results/demo/seg/model.pt")          # any model file the workflow wrote
     result = seg.predict("photo.jpg")                 # a path, a PIL image or an RGB array
+                                                      # (seg and wsfcn models)
     result.mask          # uint8 [H, W]: label per pixel (0 = background where there is one)
     result.scores        # {label name: share of the pixels it wins}
     cam = load("results/demo/cam/model.pt")
     cams = cam.cams("photo.jpg")                      # {class name: float [H, W] in [0, 1]}
-    cam.classify("photo.jpg")                         # {class name: probability}
+    cam.classify("photo.jpg")                         # {class name: probability} (cam, wsfcn)
 
 Images are read as :func:`wsss.data.manifest.read_image` reads them (EXIF orientation
 applied). Inference runs on ``device`` (``auto``: a GPU when one is visible) with the
@@ -77,16 +78,17 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({str(self.path)!r}, kind={self.kind!r}, labels={self.label_names})"
 
-    def _need(self, kind: str, what: str) -> None:
-        if self.kind != kind:
-            raise ValueError(f"{self.path}: a '{self.kind}' model; {what} needs a '{kind}' model")
+    def _need(self, kinds: tuple[str, ...], what: str) -> None:
+        if self.kind not in kinds:
+            needed = " or ".join(f"'{k}'" for k in kinds)
+            raise ValueError(f"{self.path}: a '{self.kind}' model; {what} needs a {needed} model")
 
     def predict(self, image: ImageLike, params: SegmentParams | None = None) -> Segmentation:
-        """Segment one image with a segmentation model (``seg`` kind)."""
+        """Segment one image with a segmentation model (``seg`` kind) or WS-FCN (``wsfcn``)."""
         from wsss.data.datasets import to_tensor
         from wsss.inference import labels_from_probs, segment
 
-        self._need("seg", "predict")
+        self._need(("seg", "wsfcn"), "predict")
         params = params or SegmentParams()
         rgb = as_rgb(image)
         probs = segment(
@@ -112,7 +114,7 @@ class Model:
         from wsss.data.datasets import to_tensor
         from wsss.inference import multiscale_cams
 
-        self._need("cam", "cams")
+        self._need(("cam",), "cams")
         wanted = list(classes) if classes is not None else list(self.label_names)
         unknown = [c for c in wanted if c not in self.label_names]
         if unknown:
@@ -122,16 +124,20 @@ class Model:
         return {name: m.cpu().numpy() for name, m in zip(wanted, maps)}
 
     def classify(self, image: ImageLike) -> dict[str, float]:
-        """Image-level class probabilities (sigmoid of the pooled logits) of a CAM model."""
+        """Image-level class probabilities of a CAM model (sigmoid of the pooled logits) or
+        of WS-FCN (sigmoid of its class scores; the classes only, not the background)."""
         import torch
 
         from wsss.data.datasets import to_tensor
 
-        self._need("cam", "classify")
+        self._need(("cam", "wsfcn"), "classify")
         batch = to_tensor(as_rgb(image))[None].to(self.device)
         with torch.no_grad():
-            probs = torch.sigmoid(self.network(batch).float())[0].cpu().tolist()
-        return dict(zip(self.label_names, probs))
+            out = self.network(batch)
+        if self.kind == "wsfcn":
+            classes = self.label_names[int(self.arch["background"]) :]
+            return dict(zip(classes, torch.sigmoid(out.scores.float())[0].cpu().tolist()))
+        return dict(zip(self.label_names, torch.sigmoid(out.float())[0].cpu().tolist()))
 
 
 def load(path: str | os.PathLike[str], device: str = "auto") -> Model:

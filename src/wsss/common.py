@@ -76,9 +76,10 @@ class ShardJob:
     model: torch.nn.Module | None
 
 
-def shard_job(io: ShardIO, model_kind: str | None = None) -> ShardJob:
+def shard_job(io: ShardIO, model_kind: str | Sequence[str] | None = None) -> ShardJob:
     """Load the manifest and the records of ``io``'s shard; with ``model_kind``, the model
-    file ``io.model`` of that kind on ``io.device``. Logs what the job will do."""
+    file ``io.model`` of that kind (or one of those kinds) on ``io.device``. Logs what the
+    job will do."""
     from wsss.models.registry import load_model
 
     manifest = Manifest.load(io.manifest)

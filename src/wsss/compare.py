@@ -24,6 +24,7 @@ import textwrap
 from pathlib import Path
 
 from wsss.atomic import atomic_path, write_json
+from wsss.pipeline import WEAK
 from wsss.plots import finish_percent_axes, save_figure
 
 # Values Snakemake writes in a benchmark column it could not measure (very short jobs).
@@ -60,7 +61,8 @@ def _rules(benchmarks: dict[str, list[str]]) -> dict[str, dict]:
 
 def _experiment(exp: dict, steps: list[str]) -> dict:
     """One experiment's mIoU per step (None when the plan lists no metrics for it), weak / full
-    ratio, and time (s) and peak memory (MB) per rule and in total."""
+    ratio (its last weakly supervised segmentation, e.g. seg or wsfcn_val, over seg_full),
+    and time (s) and peak memory (MB) per rule and in total."""
     miou: dict[str, float | None] = {}
     for key in steps:
         path = exp["metrics"].get(key)
@@ -72,7 +74,8 @@ def _experiment(exp: dict, steps: list[str]) -> dict:
                 f"{path}: metrics of step {key!r} of experiment {exp['name']!r} not found"
             )
         miou[key] = float(json.loads(Path(path).read_text())["miou"])
-    weak, full = miou.get("seg"), miou.get("seg_full")
+    weak = next((miou[k] for k in reversed(steps) if k in WEAK and miou[k] is not None), None)
+    full = miou.get("seg_full")
     rules = _rules(exp.get("benchmarks", {}))
     peaks = [r["peak_mb"] for r in rules.values() if r["peak_mb"] is not None]
     return {
@@ -103,7 +106,7 @@ def compare(plan: dict) -> dict:
     """Compare the plan's experiments.
 
     Returns a JSON-serialisable dict: ``steps`` (as in the plan), ``experiments`` (per
-    experiment: ``miou`` per step in percent, ``weak_full`` = seg / seg_full, ``rules`` with wall
+    experiment: ``miou`` per step in percent, ``weak_full`` = weak / seg_full, ``rules`` with wall
     ``seconds`` summed over shards and ``peak_mb`` the max RSS in MB, ``total_s``, ``peak_mb``,
     ``shared``) and ``groups`` (per group of seeds, in order of first appearance: ``n``,
     ``experiments``, and ``miou`` per step and ``weak_full`` as ``{"n", "mean", "std"}`` with the

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from wsss.pipeline import steps_of
+
 # Names build_backbone knows (wsss.models.backbones.BACKBONES, which imports torch).
 BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
 # Backbones whose ImageNet weights ship in an installed package (weights: imagenet); the
@@ -30,7 +32,8 @@ LOADERS: dict[str, tuple[str, frozenset[str]]] = {
     "coco": ("wsss.data.coco", frozenset({"mask_dir"})),
     "folder": ("wsss.data.folder", frozenset()),
 }
-TRAIN_SECTIONS = ("cam", "affinity", "seg")
+# The networks each method trains (config sections with a ``train`` subsection).
+TRAIN_SECTIONS = {"psa": ("cam", "affinity", "seg"), "wsfcn": ("wsfcn", "seg")}
 SPLITS = ("train_split", "eval_split", "val_split")
 
 
@@ -43,18 +46,51 @@ def check_config(config: dict[str, Any], base_dir: str | os.PathLike[str]) -> No
     with the dotted key concerned; relative paths are relative to ``base_dir``."""
     base = Path(base_dir)
     problems = _check_dataset(config["dataset"], base)
-    if _has_background(config["dataset"]):
+    method = config.get("method", "psa")
+    if method not in TRAIN_SECTIONS:
+        raise ConfigError(f"method: unknown method '{method}' (known: {', '.join(TRAIN_SECTIONS)})")
+    problems += _check_steps(config)
+    if method == "psa" and _has_background(config["dataset"]):
         problems += _check_alpha(config)
-    for section in TRAIN_SECTIONS:
+    for section in TRAIN_SECTIONS[method]:
         problems += _check_backbone(f"{section}.train", config[section]["train"], base)
-    problems += _check_posterior("cam.train", config["cam"]["train"])
+    problems += _check_psa(config) if method == "psa" else _check_wsfcn(config["wsfcn"]["train"])
+    if method != "wsfcn" and config.get("wsfcn", {}).get("hybrid"):
+        problems.append(
+            f"wsfcn.hybrid: true has no effect with method {method} (only with method wsfcn)"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _check_steps(config: dict[str, Any]) -> list[str]:
+    """``last_step`` must be one of the steps the method runs with these settings."""
+    try:
+        steps_of(config)
+    except ValueError as err:
+        return [str(err)]
+    return []
+
+
+def _check_psa(config: dict[str, Any]) -> list[str]:
+    problems = _check_posterior("cam.train", config["cam"]["train"])
     crop = config["affinity"]["train"]["crop_size"]
     if crop % AFF_GRID:
         problems.append(
             f"affinity.train.crop_size: {crop} is not a multiple of {AFF_GRID} (the affinity grid)"
         )
-    if problems:
-        raise ConfigError("\n".join(problems))
+    return problems
+
+
+def _check_wsfcn(train: dict[str, Any]) -> list[str]:
+    problems = _check_posterior("wsfcn.train", train, "nGWP")
+    epochs, warmup = train.get("epochs", 30), train.get("classification_epochs", 7)
+    if warmup >= epochs:
+        problems.append(
+            f"wsfcn.train.classification_epochs: {warmup} is not below wsfcn.train.epochs "
+            f"{epochs}: the mask loss would never train"
+        )
+    return problems
 
 
 def _has_background(dataset: dict[str, Any]) -> bool:
@@ -87,7 +123,7 @@ def _check_backbone(key: str, train: dict[str, Any], base: Path) -> list[str]:
     return [f"{key}.weights: {weights} is not an existing file ({path.absolute()})"]
 
 
-def _check_posterior(key: str, train: dict[str, Any]) -> list[str]:
+def _check_posterior(key: str, train: dict[str, Any], pooling: str = "GAP") -> list[str]:
     """A multinomial posterior changes nothing unless an HFPL loss uses it: refuse the
     setting rather than run an experiment that silently equals the plain one."""
     if train.get("posterior", "binomial") == "binomial":
@@ -96,7 +132,7 @@ def _check_posterior(key: str, train: dict[str, Any]) -> list[str]:
         return []
     return [
         f"{key}.posterior: multinomial has no effect unless sampling_weight or "
-        "similarity_weight is above 0 (the plain GAP loss has no posterior to choose)"
+        f"similarity_weight is above 0 (the plain {pooling} loss has no posterior to choose)"
     ]
 
 

@@ -20,9 +20,17 @@ import copy
 import json
 from dataclasses import dataclass
 
-from wsss.pipeline import ARTEFACTS, REPEATED, steps_of
+from wsss.pipeline import (
+    ARTEFACTS,
+    REPEATED,
+    all_steps,
+    artefacts_of,
+    lookup,
+    method_of,
+    steps_of,
+)
 
-TRAININGS = ("cam.train", "affinity.train", "seg.train")
+TRAININGS = ("cam.train", "affinity.train", "seg.train", "wsfcn.train")
 
 
 @dataclass(frozen=True)
@@ -44,16 +52,6 @@ def merge(base: dict, overrides: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def lookup(config: dict, dotted: str) -> object:
-    """The value at a dotted key (``cam.train``), or None if absent."""
-    value: object = config
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 def expand(config: dict) -> dict[str, Experiment]:
@@ -82,22 +80,32 @@ def expand(config: dict) -> dict[str, Experiment]:
     return found
 
 
-def signature(config: dict, artefact: str) -> str:
-    """The settings an artefact's content depends on, itself and upstream (a JSON string)."""
+def signature(config: dict, artefact: str) -> str | None:
+    """What an artefact's content depends on, itself and upstream: the artefacts it is made
+    from in the config's method and their settings (a JSON string); None when the method
+    makes no such artefact."""
+    graph = ARTEFACTS[method_of(config)]
+    if artefact not in graph:
+        return None
     parts: dict[str, object] = {}
+    made_from: set[str] = set()
     pending = [artefact]
     while pending:
         node = pending.pop()
-        for key in ARTEFACTS[node].keys:
+        made_from.add(node)
+        for key in graph[node].keys:
             parts[key] = lookup(config, key)
-        pending.extend(ARTEFACTS[node].sources)
-    return json.dumps(parts, sort_keys=True, default=str)
+        pending.extend(graph[node].sources)
+    return json.dumps({"from": sorted(made_from), "settings": parts}, sort_keys=True, default=str)
 
 
 def owner(experiments: dict[str, Experiment], path: str, artefact: str) -> str:
     """The experiment whose directory holds ``artefact`` for experiment ``path``: the first
-    listed whose settings agree up to it (so it is computed once)."""
+    listed that makes it the same way with the same settings (so it is computed once)."""
     wanted = signature(experiments[path].config, artefact)
+    if wanted is None:
+        method = method_of(experiments[path].config)
+        raise ValueError(f"experiment '{path}': method {method} makes no artefact '{artefact}'")
     for other in experiments.values():
         if signature(other.config, artefact) == wanted:
             return other.path
@@ -105,12 +113,15 @@ def owner(experiments: dict[str, Experiment], path: str, artefact: str) -> str:
 
 
 def plan(experiments: dict[str, Experiment], results: str) -> dict:
-    """What :func:`wsss.compare.compare` reads: per experiment its metrics files, the
-    artefacts it reuses from another experiment, and the benchmark files of every rule
+    """What :func:`wsss.compare.compare` reads: the steps of every experiment (in pipeline
+    order; experiments of several methods side by side), per experiment its metrics files,
+    the artefacts it reuses from another experiment, and the benchmark files of every rule
     that made its artefacts (wherever they were made)."""
-    first = next(iter(experiments.values()))
+    scored = {s.key for exp in experiments.values() for s in steps_of(exp.config)}
     out: dict = {
-        "steps": [{"key": s.key, "title": s.title} for s in steps_of(first.config)],
+        "steps": [
+            {"key": s.key, "title": s.title} for s in all_steps().values() if s.key in scored
+        ],
         "experiments": [],
     }
     short = {path: path.split("/", 1)[-1] for path in experiments}
@@ -121,7 +132,9 @@ def plan(experiments: dict[str, Experiment], results: str) -> dict:
             metrics[step.key] = f"{results}/{holder}/metrics/{step.key}.json"
             if holder != path:
                 shared[step.key] = short[holder]
-        for name, artefact in ARTEFACTS.items():
+        graph = ARTEFACTS[method_of(exp.config)]
+        for name in sorted(artefacts_of(exp.config), key=list(graph).index):
+            artefact = graph[name]
             holder = owner(experiments, path, name)
             count = experiments[holder].config["num_shards"]
             suffixes = [f"-{k}" for k in range(count)] if artefact.sharded else [""]

@@ -1,9 +1,10 @@
 """Training health: a score on held-out images after every epoch, against what a trivial
 predictor scores (:class:`HeldOut`), for each network.
 
-- CAM network (every image classifier): mAP of the image labels of the held-out split,
-  against the label frequencies of the training split alone (:func:`wsss.health.prior_scores`);
-  at the end, where its CAMs sit (:func:`wsss.health.border_ratio`).
+- CAM network (every image classifier, WS-FCN's classification branch too): mAP of the
+  image labels of the held-out split, against the label frequencies of the training split
+  alone (:func:`wsss.health.prior_scores`); at the end, where its CAMs (WS-FCN: its masks)
+  sit (:func:`wsss.health.border_ratio`).
 - AffinityNet: balanced accuracy of "same label" (affinity > 0.5) over the pairs of
   neighbouring grid cells of held-out images whose ground truth is known, against 50 %.
 - Segmentation network: mIoU on held-out images, single scale, against the trivial floor
@@ -81,9 +82,12 @@ def classifier(
     size: int,
     border_limit: float = 2.0,
     advice_prefix: str = "cam.train",
+    logits: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda model, x: model(x),
+    maps: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda model, x: model.cams(x),
 ) -> HeldOut | None:
-    """Held-out image classification of a CAM network (``model(images)`` -> logits and
-    ``model.cams(images)`` -> maps); None without labelled held-out images."""
+    """Held-out image classification of a classifier: ``logits(model, images)`` -> image
+    logits [B, C] and ``maps(model, images)`` -> non-negative class maps [B, C, h, w] (a
+    CAM network's by default); None without labelled held-out images."""
     records = sample(held_out)
     if not records:
         return None
@@ -99,16 +103,19 @@ def classifier(
     prior = prior_scores(targets(train), truth)["map"]
 
     def measure(model: nn.Module) -> dict[str, float]:
-        logits = np.stack(
-            [model(images[r.id].to(_device(model)))[0].float().cpu().numpy() for r in records]
+        predicted = np.stack(
+            [
+                logits(model, images[r.id].to(_device(model)))[0].float().cpu().numpy()
+                for r in records
+            ]
         )
-        found = classification_scores(logits, truth)
+        found = classification_scores(predicted, truth)
         return {f"val_{k}": round(v, 2) for k, v in found.items()}
 
     def border(model: nn.Module) -> list[Problem]:
         ratios = []
         for rec in records[:32]:
-            cams = model.cams(images[rec.id].to(_device(model)))[0]
+            cams = maps(model, images[rec.id].to(_device(model)))[0]
             present = cams[list(rec.labels)].float().cpu().numpy()
             if present.shape[-1] > 4 and present.shape[-2] > 4:
                 ratios.append(border_ratio(present))

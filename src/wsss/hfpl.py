@@ -218,16 +218,27 @@ def similarity_loss_all_pairs(
 def classifier_loss(
     logits: Tensor, images: Tensor, targets: Tensor, addon: AddOn
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The classifier's loss with the add-on: (1 - w) L_GAP + w L_IS + lambda L_FS.
+    """The CAM classifier's loss with the add-on: (1 - w) L_GAP + w L_IS + lambda L_FS.
 
     logits: logit maps [B, C, h, w]; images: the input crops, RGB in [0, 255]
     [B, 3, H, W]; targets: image labels [B, C] in {0, 1}. Returns the loss and its terms
     (unweighted) by name. Computed in float32 whatever the autocast."""
+    gap = F.multilabel_soft_margin_loss(logits.float().mean((2, 3)), targets.float())
+    return with_addon(gap, "gap", logits, images, targets, addon)
+
+
+def with_addon(
+    pooled: Tensor, name: str, logits: Tensor, images: Tensor, targets: Tensor, addon: AddOn
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Any classifier's loss with the add-on: (1 - w) ``pooled`` + w L_IS + lambda L_FS.
+
+    pooled: the classifier's own image-level loss (scalar; GAP's for the CAM network, nGWP's
+    for WS-FCN), recorded as the term ``name``; the other inputs as in
+    :func:`classifier_loss`. Returns the loss and its terms (unweighted) by name."""
     logits = logits.float()
     targets = targets.float()
-    terms: dict[str, Tensor] = {}
-    terms["gap"] = F.multilabel_soft_margin_loss(logits.mean((2, 3)), targets)
-    loss = (1.0 - addon.sampling_weight) * terms["gap"]
+    terms: dict[str, Tensor] = {name: pooled}
+    loss = (1.0 - addon.sampling_weight) * pooled
     if addon.sampling_weight > 0:
         terms["sampling"] = sampling_loss(logits, targets, addon)
         loss = loss + addon.sampling_weight * terms["sampling"]

@@ -1,5 +1,6 @@
 """Inference over whole images: multi-scale + flip CAMs (AffinityNet eq. 1) and multi-scale
-+ flip segmentation, batched over images of different sizes."""
++ flip segmentation, batched over images of different sizes, by a segmentation network or
+a single-stage one (WS-FCN: its masks)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from wsss.crf import dense_crf
 from wsss.data.datasets import PAD_RGB
 from wsss.models.cam import CAMNet
 from wsss.settings import SegmentParams
+from wsss.single_stage import SingleStageOutput
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,18 @@ def multiscale_cams(
     return total / (peak + 1e-5)
 
 
+def label_logits(model: nn.Module, images: Tensor) -> Tensor:
+    """Per-label logits [B, L, H, W] of images [B, 3, H, W]: a segmentation network's output,
+    or a single-stage network's mask logits resized to the images (bilinear, corners
+    aligned, as in its training)."""
+    out = model(images)
+    if isinstance(out, SingleStageOutput):
+        return F.interpolate(
+            out.mask_logits, images.shape[-2:], mode="bilinear", align_corners=True
+        )
+    return out
+
+
 @torch.no_grad()
 def segment(
     model: nn.Module,
@@ -91,7 +105,8 @@ def segment(
     max_pixels: int = 0,
     names: Sequence[str] = (),
 ) -> list[Tensor]:
-    """Class probabilities [L, H, W] for each image [3, H, W] in [0, 255] of a batch.
+    """Class probabilities [L, H, W] for each image [3, H, W] in [0, 255] of a batch, by a
+    segmentation network or a single-stage one (:func:`label_logits`).
 
     At each scale the images are resized, padded to a common size and segmented in one
     batch (the flipped batch's logits are flipped back and added); the softmax of each,
@@ -117,9 +132,9 @@ def segment(
             )[0]
         batch = batch.to(device)
         with autocast(device, amp):
-            logits = model(batch).float()
+            logits = label_logits(model, batch).float()
             if flip:
-                logits = logits + model(batch.flip(-1)).float().flip(-1)
+                logits = logits + label_logits(model, batch.flip(-1)).float().flip(-1)
         for i, (im, (h, w)) in enumerate(zip(images, sizes)):
             probs = logits[i, :, :h, :w].softmax(0)
             probs = F.interpolate(probs[None], im.shape[1:], mode="bilinear", align_corners=False)[
@@ -129,9 +144,18 @@ def segment(
     return [t / len(scales) for t in totals]
 
 
-def labels_from_probs(image: np.ndarray, probs: Tensor, params: SegmentParams) -> np.ndarray:
-    """uint8 label map [H, W]: argmax of ``probs`` [L, H, W], after a dCRF if enabled."""
+def labels_from_probs(
+    image: np.ndarray, probs: Tensor, params: SegmentParams, keep: Sequence[int] | None = None
+) -> np.ndarray:
+    """uint8 label map [H, W]: argmax of ``probs`` [L, H, W], after a dCRF if enabled;
+    ``keep``: the only labels a pixel may take (None: all)."""
     scores = probs.cpu().numpy()
+    if keep is not None:
+        absent = np.setdiff1d(np.arange(len(scores)), np.asarray(keep, dtype=np.int64))
+        scores = scores.copy()
+        scores[absent] = 0.0
     if params.crf:
         scores = dense_crf(image, scores, params)
+        if keep is not None:
+            scores[absent] = -1.0
     return scores.argmax(0).astype(np.uint8)

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from wsss.pipeline import all_steps
+from wsss.pipeline import WEAK, all_steps
 
 
 def summarize(run_dir: str | os.PathLike[str]) -> str:
@@ -32,15 +32,19 @@ def summarize(run_dir: str | os.PathLike[str]) -> str:
         lines.append(
             f"{title:<50} {m['miou']:6.2f}  {m.get('num_images', ''):>6}  " + "; ".join(notes)
         )
-    weak, full = (metrics_dir / "seg.json", metrics_dir / "seg_full.json")
-    if weak.exists() and full.exists():
+    full = metrics_dir / "seg_full.json"
+    for key in WEAK if full.exists() else ():
+        weak = metrics_dir / f"{key}.json"
+        if not weak.exists():
+            continue
         ratio = json.loads(weak.read_text())["miou"] / max(
             json.loads(full.read_text())["miou"], 1e-9
         )
-        lines.append(f"{'weak / full supervision':<50} {ratio:6.2f}")
+        title = "weak / full supervision" + ("" if key == "seg" else f" ({key})")
+        lines.append(f"{title:<50} {ratio:6.2f}")
     verdicts = [
         (name, json.loads((run / name / "health.json").read_text()))
-        for name in ("cam", "aff", "seg", "seg_full")
+        for name in ("cam", "aff", "wsfcn", "seg", "seg_full")
         if (run / name / "health.json").exists()
     ]
     if verdicts:
@@ -67,6 +71,9 @@ def summarize(run_dir: str | os.PathLike[str]) -> str:
         ("aff/model.pt", "AffinityNet"),
         ("rw/shard-*.h5", "refined CAMs (HDF5)"),
         ("pseudo/shard-*", "pseudo-masks (PNG per image)"),
+        ("wsfcn/model.pt", "WS-FCN (wsss predict)"),
+        ("wsfcn/masks-train/shard-*", "WS-FCN masks, training split (PNG per image)"),
+        ("wsfcn/masks-val/shard-*", "WS-FCN masks, val split (PNG per image)"),
         ("seg/model.pt", "segmentation network (wsss predict)"),
         ("seg_full/model.pt", "fully supervised bound"),
         ("pred/seg/shard-*", "val predictions (PNG per image)"),

@@ -50,6 +50,9 @@ def train_network(
     held_out: Callable[[], HeldOut | None] = lambda: None,
     config_key: str = "",
     inputs: Sequence[Path] = (),
+    initial_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], Loss] | None = None,
+    initial_loss_epochs: int = 0,
+    health_loss: str = "loss",
 ) -> nn.Module:
     """Train one network, check its health, and write its model file; what every training
     stage calls.
@@ -67,7 +70,11 @@ def train_network(
     per-epoch history goes to ``training.csv`` and the verdict to ``health.json`` beside it.
     A failed health check raises :class:`TrainingFailed` (no model file) unless
     ``params.health`` is ``warn``. ``config_key`` (``cam.train``) names the settings in
-    the advice.
+    the advice. ``initial_loss``: the loss of the first ``initial_loss_epochs`` epochs instead
+    of ``loss`` (e.g. classification only, before a mask loss joins); the rising-loss check
+    reads the later epochs only, and in them the history column ``health_loss`` (a term,
+    ``loss_<name>``, where the total may rightly rise: a mask loss that more images join as
+    their masks improve).
     """
     set_seed(params.seed)
     device = pick_device(io.device)
@@ -105,8 +112,22 @@ def train_network(
         name=name,
         held_out=health,
         history_csv=out_dir / "training.csv",
+        initial_loss_fn=(
+            (lambda images, targets: initial_loss(model, images, targets)) if initial_loss else None
+        ),
+        initial_loss_epochs=initial_loss_epochs,
     )
-    check_health(model, history, health, params, out_dir / "health.json", name, config_key)
+    check_health(
+        model,
+        history,
+        health,
+        params,
+        out_dir / "health.json",
+        name,
+        config_key,
+        initial_loss_epochs if initial_loss else 0,
+        health_loss,
+    )
     save_model(
         io.out,
         model.cpu(),
@@ -130,10 +151,14 @@ def check_health(
     out: Path,
     name: str,
     config_key: str,
+    initial_loss_epochs: int = 0,
+    loss_column: str = "loss",
 ) -> list[Problem]:
     """Judge a finished training (write ``out``, JSON); raise :class:`TrainingFailed` on a
-    problem when ``params.health`` is ``stop``, else log it as a warning."""
-    losses = [row["loss"] for row in history]
+    problem when ``params.health`` is ``stop``, else log it as a warning. The loss checked
+    is the history column ``loss_column``, except in the first ``initial_loss_epochs``
+    epochs (another loss)."""
+    losses = [row[loss_column] for row in history[initial_loss_epochs:]]
     problems = []
     if held_out is not None:
         scores = [row[held_out.metric] for row in history if held_out.metric in row]
@@ -158,7 +183,7 @@ def check_health(
         "final": history[-1].get(held_out.metric) if held_out and history else None,
         "prior": held_out.prior if held_out else None,
         "prior_name": held_out.prior_name if held_out else None,
-        "final_loss": losses[-1] if losses else None,
+        "final_loss": history[-1]["loss"] if history else None,
         "problems": [asdict(p) for p in problems],
     }
     write_json(out, verdict)
@@ -294,6 +319,8 @@ def fit(
     name: str = "train",
     held_out: HeldOut | None = None,
     history_csv: Path | None = None,
+    initial_loss_fn: Callable[[torch.Tensor, torch.Tensor], Loss] | None = None,
+    initial_loss_epochs: int = 0,
 ) -> list[dict]:
     """The epoch loop every training shares; returns the per-epoch history.
 
@@ -306,6 +333,7 @@ def fit(
     stops the training at once (:class:`TrainingFailed`). Per epoch: the mean loss, the
     learning rate, the mean gradient norm, seconds and images per second, and the
     ``held_out`` scores go into the history (and ``history_csv``), and the state is saved.
+    The first ``initial_loss_epochs`` epochs train ``initial_loss_fn`` instead, when given.
     The loader's dataset must be :class:`EpochSeeded`-like (an ``epoch`` attribute) and
     its generator is reseeded per epoch, so a resumed run sees the same batches as an
     uninterrupted one.
@@ -324,6 +352,7 @@ def fit(
         loader.generator.manual_seed(params.seed + epoch)
         total, seen, norms, start = 0.0, 0, [], time.perf_counter()
         term_totals: dict[str, float] = {}
+        epoch_loss = initial_loss_fn if initial_loss_fn and epoch < initial_loss_epochs else loss_fn
         bar = progress(loader, f"{name} epoch {epoch + 1}/{params.epochs}", "batch")
         for step, (inputs, targets) in enumerate(bar):
             lr = set_poly_lr(
@@ -338,7 +367,7 @@ def fit(
             targets = targets.to(device, non_blocking=True)
             torch.manual_seed(params.seed * 1_000_003 + epoch * steps_per_epoch + step)
             with autocast(device, params.amp):
-                loss, terms = split_terms(loss_fn(inputs, targets))
+                loss, terms = split_terms(epoch_loss(inputs, targets))
             if not torch.isfinite(loss):
                 raise TrainingFailed(
                     f"{name}: the loss became {loss.item()} at epoch {epoch + 1}, step "

@@ -122,10 +122,35 @@ def dataset_splits(wildcards) -> str:
 
 
 def seg_labels(wildcards) -> list[str]:
-    """The pseudo-mask directories (weak supervision); none for the bound."""
+    """The pseudo-mask directories (weak supervision): the random walk's pseudo-masks, or
+    WS-FCN's masks of the training split (method wsfcn, hybrid); none for the bound."""
     if wildcards.model == "seg_full":
         return []
+    if pipeline.method_of(cfg(wildcards)) == "wsfcn":
+        return shards(wildcards.exp, "wsfcn_train", "wsfcn/masks-train/shard-{}")
     return shards(wildcards.exp, "pseudo", "pseudo/shard-{}")
+
+
+def wsfcn_split(wildcards) -> str:
+    """The split whose WS-FCN masks a job makes: part train -> the training split, val ->
+    the val split."""
+    return cfg(wildcards)["dataset"][f"{wildcards.part}_split"]
+
+
+def wsfcn_eval_split(wildcards) -> str:
+    """The split WS-FCN's masks are scored on: the training split's on the eval split (as
+    the pseudo-masks), the val split's on the val split."""
+    data = cfg(wildcards)["dataset"]
+    return data["eval_split"] if wildcards.part == "train" else data["val_split"]
+
+
+def has_examples(exp: str) -> bool:
+    """Whether the report's example panel applies: the psa chain up to the segmentation
+    network (it shows the CAMs, affinity labels and pseudo-masks)."""
+    config = EXPERIMENTS[exp].config
+    return pipeline.method_of(config) == "psa" and "seg" in [
+        s.key for s in pipeline.steps_of(config)
+    ]
 
 
 def cam_train_flags(wildcards, stage: int | None = None) -> str:

@@ -4,9 +4,10 @@ A model file (``torch.save`` of a dict, loaded with ``weights_only=True``) holds
 
     format       "wsss-model"
     version      1
-    kind         which network: a key of MODELS ("cam", "affinity", "seg", ...)
+    kind         which network: a key of MODELS ("cam", "affinity", "seg", "wsfcn")
     arch         what rebuilds the network: backbone, output_stride and the kind's own keys
-    label_names  the name of each output channel (the dataset's labels for "affinity")
+    label_names  the name of each output channel (the dataset's labels for "affinity"; the
+                 mask channels, background first where there is one, for "wsfcn")
     state_dict   the weights
     provenance   fingerprint of the settings and inputs, epochs, settings, written (UTC)
 
@@ -38,6 +39,7 @@ MODELS = {
     "cam": "wsss.models.cam",
     "affinity": "wsss.models.affinitynet",
     "seg": "wsss.models.deeplab",
+    "wsfcn": "wsss.models.wsfcn",
 }
 
 

@@ -299,12 +299,13 @@ class WSFCN(nn.Module):
 
 
 def from_arch(arch: dict, num_labels: int) -> WSFCN:
-    """A :class:`WSFCN` of ``num_labels`` foreground classes as ``arch`` describes it
-    (random weights)."""
+    """A :class:`WSFCN` as ``arch`` describes it (random weights) whose masks have
+    ``num_labels`` channels: the model file's labels, the background first when
+    ``arch["background"]`` (so ``num_labels - 1`` foreground classes), else the classes."""
     backbone = build_backbone(arch["backbone"], arch["output_stride"], weights=None)
     return WSFCN(
         backbone,
-        num_labels,
+        num_labels - int(arch["background"]),
         backbone_name=arch["backbone"],
         background=arch["background"],
         context=arch["context"],

@@ -1,5 +1,8 @@
-"""Stage: segment the images of one shard of a split with a trained network (multi-scale
-+ flip, optional dCRF; :func:`wsss.inference.segment`), one palette PNG per image."""
+"""Stage: segment the images of one shard of a split with a trained network, the
+segmentation network or WS-FCN (multi-scale + flip, optional dCRF;
+:func:`wsss.inference.segment`), one palette PNG per image. ``--present-only`` keeps each
+image to its labelled classes (and the background): the masks of the training split, whose
+image labels are the supervision, as pseudo-masks."""
 
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ from wsss.stage import Stage, arg
 class IO(NetShardIO):
     split: str = arg("val", "split whose images are segmented")
     out: Path = arg(help="directory of label PNGs to write")
+    present_only: bool = arg(
+        False,
+        "each pixel takes one of the image's labelled classes or the background (for the "
+        "training split, whose image labels are known)",
+    )
 
 
 def run(io: IO, params: SegmentParams) -> None:
@@ -27,8 +35,9 @@ def run(io: IO, params: SegmentParams) -> None:
     from wsss.data.palette import write_label_png
     from wsss.inference import labels_from_probs, segment
 
-    job = shard_job(io, "seg")
+    job = shard_job(io, ("seg", "wsfcn"))
     model, records = job.model, job.records
+    manifest = job.manifest
     with atomic_dir(io.out) as tmp:
         batches = [
             records[i : i + params.batch_size] for i in range(0, len(records), params.batch_size)
@@ -45,7 +54,10 @@ def run(io: IO, params: SegmentParams) -> None:
                 [r.image for r in batch],
             )
             for rec, image, p in zip(batch, images, probs):
-                write_label_png(tmp, rec.id, labels_from_probs(image, p, params))
+                keep = None
+                if io.present_only:  # the background (if any) and the labelled classes
+                    keep = [0] * manifest.offset + [manifest.offset + c for c in rec.labels]
+                write_label_png(tmp, rec.id, labels_from_probs(image, p, params, keep))
     logging.getLogger(__name__).info("wrote %d label maps to %s", len(records), io.out)
 
 

@@ -27,7 +27,7 @@ FORMATS = ("png", "coco", "both")
 
 @dataclass(frozen=True, kw_only=True)
 class IO:
-    model: Path = arg(help="segmentation model file (train-seg)")
+    model: Path = arg(help="segmentation model file (train-seg or train-wsfcn)")
     images: Path = arg(help="folder of images")
     out: Path = arg(help="output folder (not the input folder)")
     device: str = arg("auto", DEVICE_HELP)
@@ -64,7 +64,7 @@ def run(io: IO, params: Params) -> list[Path]:
         raise FileNotFoundError(f"{images_dir}: no such directory")
     if out_dir.resolve() == images_dir.resolve():
         raise ValueError(f"{out_dir}: the output folder must differ from the input folder")
-    loaded = load_model(io.model, "seg", pick_device(io.device))
+    loaded = load_model(io.model, ("seg", "wsfcn"), pick_device(io.device))
     entries = sorted(p for p in images_dir.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file() or (p.is_symlink() and not p.exists())]
     if not files:

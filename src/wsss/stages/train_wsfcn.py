@@ -1,0 +1,135 @@
+"""Stage: train WS-FCN, the single-stage network (:mod:`wsss.models.wsfcn`), end to end on
+image-level labels: the classification loss of nGWP + focal penalty for the first
+``classification_epochs`` epochs, then the mask loss against the PAMR-refined pseudo ground
+truth as well (:func:`wsss.single_stage.single_stage_loss`). With the HFPL add-on
+(:mod:`wsss.hfpl`), importance sampling and the feature similarity loss act on the
+classification branch's logit maps, as they do on the CAM network's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wsss.settings import ClassifierParams, TrainIO, TrainParams
+from wsss.stage import Stage, arg
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params(TrainParams, ClassifierParams):
+    """The shared training settings at the WS-FCN reference (crop 321, batch 16, 30 epochs
+    of which 7 classification only, lr 1e-3), its two modules, the gate and the focal
+    penalty, and the HFPL add-on on the classification branch."""
+
+    epochs: int = arg(30, "training epochs")
+    batch_size: int = arg(16, "images per step")
+    crop_size: int = arg(321, "side of the square training crop (pixels)")
+    lr: float = arg(0.001, "base learning rate (pretrained weights)")
+    classification_epochs: int = arg(
+        7, "first epochs that train the classification loss only (no mask loss)"
+    )
+    context: bool = arg(True, "flexible context aggregation (FCA) instead of the baseline's ASPP")
+    fusion: bool = arg(
+        True, "semantically consistent feature fusion (SF2) instead of the baseline's decoder"
+    )
+    width: int = arg(256, "channels of the context module, the decoder and the head")
+    gate_psi: float = arg(0.3, "stochastic gate: share of the shallow features")
+    focal_lambda: float = arg(0.01, "focal mask penalty: lambda in log(lambda + mean mask)")
+    focal_p: float = arg(3.0, "focal mask penalty: power p of (1 - mean mask)")
+
+
+def run(io: TrainIO, params: Params) -> None:
+    """Train on the labelled images of ``io.split``; write the model file ``io.out``."""
+    from wsss import held_out
+    from wsss.data.datasets import ImageLabels
+    from wsss.data.manifest import DatasetError, Manifest
+    from wsss.hfpl import AddOn, with_addon
+    from wsss.models.wsfcn import WSFCN
+    from wsss.single_stage import BACKGROUND_LOGIT, MASK_LOSS_WEIGHT, single_stage_loss
+    from wsss.training import train_network
+
+    if not 0 <= params.classification_epochs < params.epochs:
+        raise ValueError(
+            f"classification_epochs must lie in 0..{params.epochs - 1} (epochs - 1), not "
+            f"{params.classification_epochs}: the mask loss would never train"
+        )
+    manifest = Manifest.load(io.manifest)
+    records = [r for r in manifest.split(io.split) if r.labels]
+    if not records:
+        raise DatasetError(f"{io.manifest}: no image of split '{io.split}' has a label")
+    num_classes = len(manifest.classes)
+    background = manifest.has_background
+    addon = AddOn.of(params, background)
+    arch = {
+        "background": background,
+        "context": params.context,
+        "fusion": params.fusion,
+        "width": params.width,
+        "gate_psi": params.gate_psi,
+        "focal_lambda": params.focal_lambda,
+        "focal_p": params.focal_p,
+    }
+
+    def build(backbone) -> WSFCN:
+        return WSFCN(backbone, num_classes, backbone_name=params.backbone, **arch)
+
+    def loss(model: WSFCN, images, labels, segmentation: bool):
+        """The single-stage loss of a batch and its terms (the mask term recorded as 0
+        while it is off). With the add-on: (1 - w) classification + w sampling + lambda
+        similarity on the class logits shifted by the background logit, so that the
+        multinomial posterior is the masks' softmax and the binomial one says where a class
+        beats the background; then the mask term."""
+        output = model(images)
+        total, terms = single_stage_loss(output, images, labels, segmentation)
+        if not segmentation:
+            terms["segmentation"] = total.new_zeros(())
+        if not addon.active:
+            return total, terms
+        shift = BACKGROUND_LOGIT if background else 0.0
+        total, extra = with_addon(
+            terms["classification"],
+            "classification",
+            output.class_logits - shift,
+            images,
+            labels,
+            addon,
+        )
+        terms.update(extra)
+        if segmentation:
+            total = total + MASK_LOSS_WEIGHT * terms["segmentation"]
+        return total, terms
+
+    def foreground(model: WSFCN, images):
+        """The masks of the classes [B, C, h, w] (the held-out border check)."""
+        return model(images).masks[:, int(background) :]
+
+    train_network(
+        "train-wsfcn",
+        io,
+        params,
+        build=build,
+        dataset=lambda augment: ImageLabels(records, num_classes, augment, params.seed),
+        loss=lambda model, images, labels: loss(model, images, labels, True),
+        initial_loss=lambda model, images, labels: loss(model, images, labels, False),
+        initial_loss_epochs=params.classification_epochs,
+        health_loss="loss_classification",
+        kind="wsfcn",
+        arch=arch,
+        label_names=manifest.label_names,
+        held_out=lambda: (
+            held_out.classifier(
+                manifest.split(io.held_out),
+                records,
+                num_classes,
+                params.crop_size,
+                advice_prefix="wsfcn.train",
+                logits=lambda model, images: model(images).scores,
+                maps=foreground,
+            )
+            if io.held_out
+            else None
+        ),
+        config_key="wsfcn.train",
+    )
+
+
+STAGE = Stage("train-wsfcn", "train WS-FCN end to end on image-level labels", TrainIO, Params, run)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wsss.atomic import atomic_path
-from wsss.pipeline import all_steps
+from wsss.pipeline import WEAK, all_steps
 from wsss.plots import finish_percent_axes, save_figure
 
 
@@ -43,7 +43,8 @@ def stage_table(
     histories: Sequence[str | os.PathLike[str]] = (),
 ) -> None:
     """An HTML table: one row per stage (mIoU, images, split, best background, floor), and
-    the weak / full supervision ratio when both segmentation runs exist; then one row per
+    the weak / full supervision ratio of every weak segmentation (psa's ``seg``, WS-FCN's
+    ``wsfcn_val``) whose bound exists; then one row per
     trained network: its final held-out score against its trivial prior."""
     found = _load(metrics)
     rows = []
@@ -54,10 +55,11 @@ def stage_table(
             f"<tr><td>{html.escape(_title(stem, m))}</td><td>{m['miou']:.2f}</td>"
             f"<td>{m['num_images']}</td><td>{html.escape(best)}</td><td>{floor}</td></tr>"
         )
-    if "seg" in found and "seg_full" in found:
-        ratio = found["seg"]["miou"] / max(found["seg_full"]["miou"], 1e-9)
+    for weak in (key for key in WEAK if key in found and "seg_full" in found):
+        ratio = found[weak]["miou"] / max(found["seg_full"]["miou"], 1e-9)
         rows.append(
-            f"<tr><td>weak / full supervision</td><td>{ratio:.2f}</td><td colspan=3></td></tr>"
+            f"<tr><td>weak / full supervision ({html.escape(weak)})</td><td>{ratio:.2f}</td>"
+            "<td colspan=3></td></tr>"
         )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><style>"

@@ -130,7 +130,7 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
     ]:
         assert (run / path).is_file(), path
     gallery = run / "report" / "gallery"
-    columns = sorted(p.name for p in gallery.iterdir())
+    columns = sorted(p.name for p in gallery.iterdir() if not p.name.startswith("."))
     assert columns == [
         "1-image",
         "2-cam",
@@ -141,7 +141,7 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
     ]
     shown = {c: sorted(p.stem for p in (gallery / c).glob("*.png")) for c in columns}
     assert len(shown["1-image"]) == 6 and all(ids == shown["1-image"] for ids in shown.values())
-    curves = sorted(p.name for p in (run / "report" / "training").iterdir())
+    curves = sorted(p.name for p in (run / "report" / "training").glob("*.png"))
     assert curves == ["aff.png", "cam.png", "seg.png", "seg_full.png"]
     train_ids = (finished_run / "data/demo/ImageSets/Segmentation/train.txt").read_text().split()
     for stage in ("aff_labels", "pseudo"):

@@ -475,16 +475,7 @@ def test_methods_share_the_dataset_and_the_bound_and_nothing_else() -> None:
         owner(found, "demo/wsfcn", "cam")
 
     out = plan(found, "results")
-    assert [s["key"] for s in out["steps"]] == [
-        "cam",
-        "aff_labels",
-        "rw",
-        "pseudo",
-        "wsfcn_train",
-        "wsfcn_val",
-        "seg",
-        "seg_full",
-    ]
+    assert [s["key"] for s in out["steps"]] == list(all_steps())  # the order tested above
     psa, hybrid, wsfcn = out["experiments"]
     assert set(psa["metrics"]) == {"cam", "aff_labels", "rw", "pseudo", "seg", "seg_full"}
     assert set(wsfcn["metrics"]) == {"wsfcn_train", "wsfcn_val", "seg_full"}

@@ -326,7 +326,7 @@ METHOD = {"method": "wsfcn"}
 # splits (two shards each) and their scores.
 WSFCN_JOBS = {"train_wsfcn": 1, "infer_wsfcn": 4, "eval_wsfcn": 2}
 BOUND_JOBS = {"train_seg": 1, "infer_seg": 2, "eval_seg": 1}
-RUN = {"make_demo": 1, "prepare_dataset": 1, "report_figures": 1, "all": 1}
+RUN = {"make_demo": 1, "prepare_dataset": 1, "report_figures": 1, "report_examples": 1, "all": 1}
 
 
 @pytest.mark.parametrize(
@@ -406,7 +406,7 @@ def test_the_wsfcn_ablation_runs_beside_psa_and_shares_the_bound(tmp_path: Path)
     assert jobs["train_cam"] == jobs["train_aff"] == 1  # the psa pipeline, once
     assert jobs["train_seg"] == 2  # psa's weak network and the one bound of every variant
     assert {k: jobs[k] for k in ONCE} == ONCE
-    assert jobs["report_examples"] == 1  # the psa variant's panel only
+    assert jobs["report_examples"] == len(variants)  # a panel of each, either method
     run = ablation["run"]
     assert variants[0] == "baseline" and variants[-1] == "psa"
     assert f"results/{run}/baseline/seg_full/model.pt" in proc.stdout
@@ -441,6 +441,12 @@ def test_the_wsfcn_workflow_end_to_end(tmp_path: Path) -> None:
     run = tmp_path / "results/tiny"
     for path in ["wsfcn/model.pt", "wsfcn/training.csv", "wsfcn/health.json", "report/stages.html"]:
         assert (run / path).is_file(), path
+    # the example panel: image, WS-FCN's mask, its prediction, the truth; one gallery each
+    columns = sorted(p.name for p in (run / "report/gallery").iterdir() if p.is_dir())
+    assert columns == ["1-image", "2-ws-fcn-mask", "3-prediction", "4-ground-truth"]
+    assert len(list((run / "report/gallery/2-ws-fcn-mask").glob("*.png"))) == 6
+    shown = {p.name for p in (run / "report/gallery/2-ws-fcn-mask").glob("*.png")}
+    assert shown <= {p.name for p in (run / "wsfcn/masks-train").glob("shard-*/*.png")}
     assert (run / "report/training/wsfcn.png").is_file()
     metrics = {
         key: json.loads((run / f"metrics/{key}.json").read_text())

@@ -146,11 +146,38 @@ def wsfcn_eval_split(wildcards) -> str:
 
 def has_examples(exp: str) -> bool:
     """Whether the report's example panel applies: the psa chain up to the segmentation
-    network (it shows the CAMs, affinity labels and pseudo-masks)."""
+    network (it shows the CAMs, affinity labels and pseudo-masks), or WS-FCN with its masks
+    of the training split."""
     config = EXPERIMENTS[exp].config
-    return pipeline.method_of(config) == "psa" and "seg" in [
-        s.key for s in pipeline.steps_of(config)
-    ]
+    keys = [s.key for s in pipeline.steps_of(config)]
+    return "wsfcn_train" in keys if pipeline.method_of(config) == "wsfcn" else "seg" in keys
+
+
+def examples_input(wildcards) -> dict:
+    """The example panel's inputs: psa, the CAMs, affinity labels, pseudo-masks and the
+    segmentation network; wsfcn, its masks of the training split and its network."""
+    exp = wildcards.exp
+    if pipeline.method_of(cfg(wildcards)) == "wsfcn":
+        return {
+            "manifest": manifest(wildcards),
+            "masks": shards(exp, "wsfcn_train", "wsfcn/masks-train/shard-{}"),
+            "model": at(exp, "wsfcn_model", "wsfcn/model.pt"),
+        }
+    return {
+        "manifest": manifest(wildcards),
+        "cams": shards(exp, "cam", "cam/shard-{}.h5"),
+        "aff": shards(exp, "aff_labels", "aff_labels/shard-{}"),
+        "pseudo": shards(exp, "pseudo", "pseudo/shard-{}"),
+        "model": at(exp, "seg_model", "seg/model.pt"),
+    }
+
+
+def examples_flags(wildcards, input) -> str:
+    """`wsss figure` flags for the panel's columns between the image and its prediction."""
+    columns = {"aff": "affinity labels", "pseudo": "pseudo-mask", "masks": "WS-FCN mask"}
+    labels = [f"'{title}={d}'" for key, title in columns.items() for d in input.get(key, [])]
+    cams = input.get("cams", [])
+    return (f"--maps {' '.join(cams)} " if cams else "") + f"--labels {' '.join(labels)}"
 
 
 def cam_train_flags(wildcards, stage: int | None = None) -> str:

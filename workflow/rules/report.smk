@@ -46,11 +46,7 @@ rule report_figures:
 
 rule report_examples:
     input:
-        manifest=manifest,
-        cams=lambda wc: shards(wc.exp, "cam", "cam/shard-{}.h5"),
-        aff=lambda wc: shards(wc.exp, "aff_labels", "aff_labels/shard-{}"),
-        pseudo=lambda wc: shards(wc.exp, "pseudo", "pseudo/shard-{}"),
-        model=lambda wc: at(wc.exp, "seg_model", "seg/model.pt"),
+        unpack(examples_input),
     output:
         panel=report(
             out("report/examples.png"),
@@ -69,10 +65,7 @@ rule report_examples:
         ),
     params:
         split=setting("dataset", "eval_split"),
-        labels=lambda wc, input: " ".join(
-            [f"'affinity labels={d}'" for d in input.aff]
-            + [f"'pseudo-mask={d}'" for d in input.pseudo]
-        ),
+        columns=examples_flags,
     log:
         log("report_examples"),
     benchmark:
@@ -81,6 +74,6 @@ rule report_examples:
         "../../envs/wsss.yaml"
     shell:
         "wsss figure --manifest {input.manifest} --split {params.split} --out {output.panel}"
-        " --maps {input.cams} --labels {params.labels} --model {input.model} --count 6"
+        " {params.columns} --model {input.model} --count 6"
         " --gallery {output.gallery}"
         " > {log} 2>&1"

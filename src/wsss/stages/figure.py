@@ -23,10 +23,15 @@ class IO:
         None, "also write each picture of the panel to <gallery>/<N>-<column>/<id>.png"
     )
     maps: tuple[Path, ...] = arg((), "CAM shard files (shown as a heat map)")
+    cams: tuple[str, ...] = arg(
+        (), "TITLE=FILE: CAM shard files with a column title, e.g. two experiments' CAMs"
+    )
     labels: tuple[str, ...] = arg(
         (), "TITLE=DIR: directories of <id>.png label maps with a column title"
     )
-    model: Path | None = arg(None, "segmentation model file: add its prediction")
+    model: Path | None = arg(
+        None, "segmentation or WS-FCN model file: add its prediction"
+    )
     count: int = arg(4, "images shown (the first with masks)")
     ids: tuple[str, ...] = arg((), "these images instead")
 
@@ -53,23 +58,19 @@ def run(io: IO, params: None = None) -> None:
     manifest = Manifest.load(io.manifest)
     records = {r.id: r for r in manifest.split(io.split)}
     chosen = list(io.ids) or [i for i in sorted(records) if records[i].mask][: io.count]
-    grouped: dict[str, list[str]] = {}
-    for item in io.labels:
-        title, sep, directory = item.partition("=")
-        if not sep:
-            raise ValueError(f"--labels takes TITLE=DIR, not '{item}'")
-        grouped.setdefault(title, []).append(directory)
-    labels = {title: find_labels(dirs) for title, dirs in grouped.items()}
-    titles = ["image", *(["CAM"] if io.maps else []), *labels]
+    labels = {title: find_labels(dirs) for title, dirs in _titled(io.labels, "labels").items()}
+    cams = [("CAM", list(io.maps))] if io.maps else []
+    cams += list(_titled(io.cams, "cams").items())
+    titles = ["image", *(title for title, _ in cams), *labels]
     titles += [*(["prediction"] if io.model else []), "ground truth"]
-    segmenter = load_model(io.model, "seg").model if io.model else None
+    segmenter = load_model(io.model, ("seg", "wsfcn")).model if io.model else None
     rows = []
-    reader = MapsReader(io.maps) if io.maps else None
+    readers = [MapsReader(files) for _, files in cams]
     for image_id in chosen:
         rec = records[image_id]
         image = read_image(rec.image)
         row = [image]
-        if reader is not None:
+        for reader in readers:
             row.append(cam_overlay(image, reader[image_id].maps))
         for found in labels.values():
             row.append(colorize(read_mask(found[image_id])))
@@ -78,7 +79,7 @@ def run(io: IO, params: None = None) -> None:
             row.append(colorize(probs.argmax(0).numpy().astype("uint8")))
         row.append(colorize(read_mask(rec.mask)) if rec.mask else image * 0)
         rows.append(row)
-    if reader is not None:
+    for reader in readers:
         reader.close()
     save_png(io.out, panel(rows, titles))
     logging.getLogger(__name__).info("wrote %s (%d images)", io.out, len(rows))
@@ -90,6 +91,18 @@ def run(io: IO, params: None = None) -> None:
                 for image_id, row in zip(chosen, rows):
                     save_png(folder / f"{image_id}.png", Image.fromarray(row[column - 1]))
         logging.getLogger(__name__).info("wrote %s (%d columns)", io.gallery, len(titles))
+
+
+def _titled(items: tuple[str, ...], option: str) -> dict[str, list[str]]:
+    """``TITLE=PATH`` items grouped by title (a title given for several shards is one
+    column), in order of first appearance."""
+    grouped: dict[str, list[str]] = {}
+    for item in items:
+        title, sep, path = item.partition("=")
+        if not sep or not title:
+            raise ValueError(f"--{option} takes TITLE=PATH, not '{item}'")
+        grouped.setdefault(title, []).append(path)
+    return grouped
 
 
 STAGE = Stage("figure", "a panel PNG: image, CAM, label maps, prediction, truth", IO, None, run)

@@ -29,9 +29,7 @@ class IO:
     labels: tuple[str, ...] = arg(
         (), "TITLE=DIR: directories of <id>.png label maps with a column title"
     )
-    model: Path | None = arg(
-        None, "segmentation or WS-FCN model file: add its prediction"
-    )
+    model: Path | None = arg(None, "segmentation or WS-FCN model file: add its prediction")
     count: int = arg(4, "images shown (the first with masks)")
     ids: tuple[str, ...] = arg((), "these images instead")
 

@@ -5,11 +5,12 @@ against the first variant for the classes asked for.
 
     .venv/bin/python benchmarks/ablation.py --config configs/ablation_hfpl_demo.yaml
     .venv/bin/python benchmarks/ablation.py --base configs/msrc21.yaml \\
-        --config configs/ablation_hfpl_msrc21.yaml --data ../shared/data/msrc21 \\
-        --classes aeroplane sky face body
+        --config configs/ablation_hfpl_msrc21.yaml --classes aeroplane sky face body
 
 ``--base`` names preset configs the ablation builds on (applied first), ``--data`` sets
-``dataset.root``; ``--no-run`` only prints the table of finished results.
+``dataset.root`` (as an absolute path; a changed root reruns every stage from the first, so a
+run started without ``--data``, on the preset's own root, is continued without it);
+``--no-run`` only prints the table of finished results.
 Pseudo-label steps are scored on the train split, segmentation on val; "train masks vs first"
 compares each variant's last train-split step (pseudo-masks, or WS-FCN's masks) with the first
 variant's, and weak / full divides its last weakly supervised segmentation (seg, or WS-FCN's

@@ -1,5 +1,6 @@
-"""Time per training step and peak memory of the CAM network with each HFPL variant (the same
-batch for all), so that the add-on's cost is measured apart from a whole run.
+"""Time per training step and peak memory of the CAM network with each HFPL variant and each
+patch-learning model (the same batch for all), so that their cost is measured apart from a
+whole run.
 
     .venv/bin/python benchmarks/cam_step.py [--batch 16] [--crop 160] [--steps 5] [--threads N]
 
@@ -45,12 +46,23 @@ VARIANTS = {
         "posterior": "multinomial",
     },
 }
+# Progressive Patch Learning: settings of the model (CAMNet), beside the add-on's; a
+# progressive stage costs what patch learning at its k does.
+MODELS = {
+    "patches-2": {"patches": 2},
+    "patches-4": {"patches": 4},
+    "explicit": {"fusion": (4, 2, 1)},
+    "patches-4-hfpl": {"patches": 4},
+}
+VARIANTS |= {"patches-2": {}, "patches-4": {}, "explicit": {}, "patches-4-hfpl": VARIANTS["both"]}
 
 
 def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = CAMNet(build_backbone("lite0", 16, "imagenet"), args.classes, 512)
+    model = CAMNet(
+        build_backbone("lite0", 16, "imagenet"), args.classes, 512, **MODELS.get(args.variant, {})
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.rand(args.batch, 3, args.crop, args.crop) * 255
     targets = (torch.rand(args.batch, args.classes) < 0.3).float()

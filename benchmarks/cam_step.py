@@ -54,7 +54,7 @@ MODELS = {
     "explicit": {"fusion": (4, 2, 1)},
     "patches-4-hfpl": {"patches": 4},
 }
-VARIANTS |= {"patches-2": {}, "patches-4": {}, "explicit": {}, "patches-4-hfpl": VARIANTS["both"]}
+VARIANTS |= {name: {} for name in MODELS} | {"patches-4-hfpl": VARIANTS["both"]}
 
 
 def measure(args: argparse.Namespace) -> dict:

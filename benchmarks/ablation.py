@@ -16,7 +16,10 @@ compares each variant's last train-split step (pseudo-masks, or WS-FCN's masks) 
 variant's, and weak / full divides its last weakly supervised segmentation (seg, or WS-FCN's
 val masks) by the bound. Seconds per epoch are the mean of the first network's
 ``training.csv``; peak memory is the largest ``max_rss`` of that training and of all the
-variant's jobs (Snakemake ``benchmark:`` files).
+variant's jobs (Snakemake ``benchmark:`` files). The method's wall time is the sum of the
+``s`` of its own jobs, from preparing the dataset to its last masks: every rule but the
+scoring (``eval_*``) and the fully supervised bound (``*_seg_full``), the cost of the method
+run alone, one job after the other; its peak is the largest ``max_rss`` among those jobs.
 """
 
 from __future__ import annotations
@@ -56,6 +59,30 @@ def max_rss(paths: list[str]) -> float | None:
             if rows and rows[-1]["max_rss"] not in ("", "NA", "-"):
                 peaks.append(float(rows[-1]["max_rss"]))
     return max(peaks) if peaks else None
+
+
+def method_rules(benchmarks: dict[str, list[str]]) -> list[str]:
+    """The benchmark files of the jobs that make the method's masks: not scoring, not the
+    fully supervised bound."""
+    return [p for rule, paths in benchmarks.items()
+            if not rule.startswith("eval_") and not rule.endswith("_seg_full") for p in paths]
+
+
+def total_seconds(paths: list[str]) -> tuple[float, list[str]]:
+    """Sum of the wall seconds (``s``) of the Snakemake benchmark files that exist, and the
+    paths of those that do not (their jobs left no benchmark file, e.g. copied results)."""
+    total, missing = 0.0, []
+    for rel in paths:
+        path = ROOT / rel
+        rows = []
+        if path.exists():
+            with path.open() as fh:
+                rows = list(csv.DictReader(fh, delimiter="\t"))
+        if rows:
+            total += float(rows[-1]["s"])
+        else:
+            missing.append(rel)
+    return total, missing
 
 
 def train_masks(by_step: dict):
@@ -102,11 +129,13 @@ def main() -> int:
     print(f"{config['run']}: mIoU (pseudo-label steps on train, segmentation on val)\n")
     print(
         "| variant | " + " | ".join(steps) + " | train masks vs first | weak / full "
-        "| network | val score (prior) | s / epoch | training peak (MB) | peak of all jobs (MB) |"
+        "| network | val score (prior) | s / epoch | training peak (MB) | peak of all jobs (MB) "
+        "| method wall (min) | method peak (MB) |"
     )
-    print("|---" * (len(steps) + 8) + "|")
+    print("|---" * (len(steps) + 10) + "|")
     per_class: dict[str, dict] = {}
     first_masks = None
+    unmeasured: set[str] = set()
     for exp in the_plan["experiments"]:
         miou = {}
         for key in steps:
@@ -129,13 +158,19 @@ def main() -> int:
         first_masks = masks if first_masks is None else first_masks
         change = "—" if masks is None or first_masks is None else f"{masks - first_masks:+.2f}"
         every = [p for paths in exp["benchmarks"].values() for p in paths]
+        own = method_rules(exp["benchmarks"])
+        wall, missing = total_seconds(own)
+        unmeasured.update(missing)
         print(
             f"| {exp['name']} | "
             + " | ".join(fmt(miou.get(k)) for k in steps)
             + f" | {change} | {fmt(ratio, 3)} | {NETWORKS[rule]} | {score}"
             + f" | {fmt(mean_epoch_seconds(net_dir / 'training.csv'), 1)}"
-            + f" | {fmt(max_rss(exp['benchmarks'][rule]), 0)} | {fmt(max_rss(every), 0)} |"
+            + f" | {fmt(max_rss(exp['benchmarks'][rule]), 0)} | {fmt(max_rss(every), 0)}"
+            + f" | {wall / 60:.1f} | {fmt(max_rss(own), 0)} |"
         )
+    if unmeasured:
+        print("\nnot in the method wall times (no benchmark file): " + ", ".join(sorted(unmeasured)))
     if args.classes:
         first = the_plan["experiments"][0]["name"]
         print(f"\nper-class IoU, change against {first} (last train-split step)\n")

@@ -160,14 +160,16 @@ def main() -> int:
         every = [p for paths in exp["benchmarks"].values() for p in paths]
         own = method_rules(exp["benchmarks"])
         wall, missing = total_seconds(own)
-        unmeasured.update(missing)
+        trained = (ROOT / exp["benchmarks"][rule][0]).exists()
+        if trained:  # a variant not yet trained has no wall time, and nothing to list
+            unmeasured.update(missing)
         print(
             f"| {exp['name']} | "
             + " | ".join(fmt(miou.get(k)) for k in steps)
             + f" | {change} | {fmt(ratio, 3)} | {NETWORKS[rule]} | {score}"
             + f" | {fmt(mean_epoch_seconds(net_dir / 'training.csv'), 1)}"
             + f" | {fmt(max_rss(exp['benchmarks'][rule]), 0)} | {fmt(max_rss(every), 0)}"
-            + f" | {wall / 60:.1f} | {fmt(max_rss(own), 0)} |"
+            + f" | {fmt(wall / 60 if trained else None, 1)} | {fmt(max_rss(own) if trained else None, 0)} |"
         )
     if unmeasured:
         print("\nnot in the method wall times (no benchmark file): " + ", ".join(sorted(unmeasured)))

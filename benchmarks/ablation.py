@@ -50,18 +50,22 @@ def mean_epoch_seconds(history: Path) -> float | None:
     return sum(float(r["seconds"]) for r in rows) / len(rows) if rows else None
 
 
+def benchmark_row(path: Path) -> dict | None:
+    """The last row of a Snakemake ``benchmark:`` file, or None when there is none."""
+    if not path.exists():
+        return None
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    return rows[-1] if rows else None
+
+
 def max_rss(paths: list[str]) -> float | None:
-    peaks = []
-    for path in (ROOT / p for p in paths):
-        if path.exists():
-            with path.open() as fh:
-                rows = list(csv.DictReader(fh, delimiter="\t"))
-            if rows and rows[-1]["max_rss"] not in ("", "NA", "-"):
-                peaks.append(float(rows[-1]["max_rss"]))
+    rows = [benchmark_row(ROOT / p) for p in paths]
+    peaks = [float(r["max_rss"]) for r in rows if r and r["max_rss"] not in ("", "NA", "-")]
     return max(peaks) if peaks else None
 
 
-def method_rules(benchmarks: dict[str, list[str]]) -> list[str]:
+def method_files(benchmarks: dict[str, list[str]]) -> list[str]:
     """The benchmark files of the jobs that make the method's masks: not scoring, not the
     fully supervised bound."""
     return [p for rule, paths in benchmarks.items()
@@ -73,13 +77,9 @@ def total_seconds(paths: list[str]) -> tuple[float, list[str]]:
     paths of those that do not (their jobs left no benchmark file, e.g. copied results)."""
     total, missing = 0.0, []
     for rel in paths:
-        path = ROOT / rel
-        rows = []
-        if path.exists():
-            with path.open() as fh:
-                rows = list(csv.DictReader(fh, delimiter="\t"))
-        if rows:
-            total += float(rows[-1]["s"])
+        row = benchmark_row(ROOT / rel)
+        if row:
+            total += float(row["s"])
         else:
             missing.append(rel)
     return total, missing
@@ -158,7 +158,7 @@ def main() -> int:
         first_masks = masks if first_masks is None else first_masks
         change = "—" if masks is None or first_masks is None else f"{masks - first_masks:+.2f}"
         every = [p for paths in exp["benchmarks"].values() for p in paths]
-        own = method_rules(exp["benchmarks"])
+        own = method_files(exp["benchmarks"])
         wall, missing = total_seconds(own)
         trained = (ROOT / exp["benchmarks"][rule][0]).exists()
         if trained:  # a variant not yet trained has no wall time, and nothing to list

@@ -10,7 +10,9 @@ against the first variant for the classes asked for.
 ``--base`` names preset configs the ablation builds on (applied first), ``--data`` sets
 ``dataset.root`` (as an absolute path; a changed root reruns every stage from the first, so a
 run started without ``--data``, on the preset's own root, is continued without it);
-``--no-run`` only prints the table of finished results.
+``--no-run`` only prints the table of finished results. ``--where CLASS...`` adds, per
+variant, each class's recall at one step (``--where-step``, default the first) and the two
+labels that take most of its missed pixels (from the step's confusion matrix).
 Pseudo-label steps are scored on the train split, segmentation on val; "train masks vs first"
 compares each variant's last train-split step (pseudo-masks, or WS-FCN's masks) with the first
 variant's, and weak / full divides its last weakly supervised segmentation (seg, or WS-FCN's
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from wsss.metrics import taken_by
 from wsss.pipeline import WEAK, all_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +105,11 @@ def main() -> int:
     parser.add_argument("--base", nargs="*", type=Path, default=[], help="preset configs first")
     parser.add_argument("--data", type=Path, help="dataset root (sets dataset.root)")
     parser.add_argument("--classes", nargs="*", default=[], help="classes whose IoU to list")
+    parser.add_argument(
+        "--where", nargs="*", default=[], metavar="CLASS",
+        help="classes whose recall, and the labels that take their missed pixels, to list",
+    )
+    parser.add_argument("--where-step", help="step for --where (default: the first)")
     parser.add_argument("--cores", default="all")
     parser.add_argument("--no-run", action="store_true", help="only print the table")
     args = parser.parse_args()
@@ -191,6 +199,21 @@ def main() -> int:
                 else:
                     cells.append(f"{v:.2f} ({v - b:+.2f})")
             print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.where:
+        step = args.where_step or steps[0]
+        print(f"\n{step}: recall of each class, and the labels its missed pixels go to\n")
+        print("| variant | " + " | ".join(args.where) + " |")
+        print("|---" * (len(args.where) + 1) + "|")
+        for exp in the_plan["experiments"]:
+            metrics = ROOT / exp["metrics"].get(step, "-")
+            if not metrics.is_file():
+                continue
+            data = json.loads(metrics.read_text())
+            cells = []
+            for cls in args.where:
+                lost = taken_by(data["confusion"], data["labels"], cls)
+                cells.append(f"{fmt(data['recall'][cls], 1)}; " + ", ".join(f"{n} {v:.0f} %" for n, v in lost))
+            print(f"| {exp['name']} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsss.metrics import background_score, confusion, maps_to_labels, scores
+from wsss.metrics import background_score, confusion, maps_to_labels, scores, taken_by
 
 
 def test_confusion_ignores_255_and_counts_pairs() -> None:
@@ -53,3 +53,15 @@ def test_maps_to_labels_with_and_without_background() -> None:
     assert maps_to_labels(maps, [3, 5], False).tolist() == [[5, 5, 3]]
     # an image with no labels is all background
     assert maps_to_labels(np.zeros((0, 1, 2)), [], True, alpha=4).tolist() == [[0, 0]]
+
+
+def test_taken_by_names_where_a_class_pixels_go() -> None:
+    # rows: ground truth; car's 10 pixels: 5 car, 3 road, 2 building; road's own row ignored
+    conf = np.array([[5, 3, 2], [1, 8, 0], [0, 0, 4]])
+    names = ["car", "road", "building"]
+    assert taken_by(conf, names, "car") == [("road", 30.0), ("building", 20.0)]
+    assert taken_by(conf, names, "car", top=1) == [("road", 30.0)]
+    assert taken_by(conf, names, "road") == [("car", 11.11)]
+    assert taken_by(conf, names, "building") == []
+    with pytest.raises(ValueError, match="'cat'"):
+        taken_by(conf, names, "cat")

@@ -49,6 +49,21 @@ def scores(conf: np.ndarray, names: Sequence[str]) -> dict:
     }
 
 
+def taken_by(conf: np.ndarray, names: Sequence[str], name: str, top: int = 2) -> list[tuple[str, float]]:
+    """The labels that take the ground-truth pixels of class ``name`` most often, with the
+    share of its pixels each takes (percent, largest first; the class itself left out).
+
+    ``conf``: confusion matrix [n, n] (rows: ground truth), ``names`` its n labels.
+    """
+    if name not in names:
+        raise ValueError(f"no label {name!r} among {list(names)}")
+    i = list(names).index(name)
+    row = np.asarray(conf, dtype=np.float64)[i]
+    total = row.sum()
+    others = [j for j in np.argsort(-row, kind="stable") if j != i and row[j] > 0][:top]
+    return [(names[j], round(100 * float(row[j] / total), 2)) for j in others] if total else []
+
+
 def background_score(
     maps: np.ndarray, *, alpha: float | None = None, threshold: float | None = None
 ) -> np.ndarray:

@@ -99,6 +99,25 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def print_per_class(values: dict[str, dict], first: str, classes: list[str]) -> None:
+    """A markdown table: per variant (``values``: name -> class -> IoU) the IoU of each of
+    ``classes``, and its change against variant ``first``."""
+    print("| variant | " + " | ".join(classes) + " |")
+    print("|---" * (len(classes) + 1) + "|")
+    base = values.get(first, {})
+    for name, found in values.items():
+        cells = []
+        for cls in classes:
+            v, b = found.get(cls), base.get(cls)
+            if v is None:
+                cells.append("—")
+            elif name == first or b is None:
+                cells.append(f"{v:.2f}")
+            else:
+                cells.append(f"{v:.2f} ({v - b:+.2f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="experiments config")
@@ -184,21 +203,11 @@ def main() -> int:
     if args.classes:
         first = the_plan["experiments"][0]["name"]
         print(f"\nper-class IoU, change against {first} (last train-split step)\n")
-        print("| variant | " + " | ".join(args.classes) + " |")
-        print("|---" * (len(args.classes) + 1) + "|")
-        base = train_masks(per_class.get(first, {})) or {}
-        for name, steps_found in per_class.items():
-            values = train_masks(steps_found) or {}
-            cells = []
-            for cls in args.classes:
-                v, b = values.get(cls), base.get(cls)
-                if v is None:
-                    cells.append("—")
-                elif name == first or b is None:
-                    cells.append(f"{v:.2f}")
-                else:
-                    cells.append(f"{v:.2f} ({v - b:+.2f})")
-            print(f"| {name} | " + " | ".join(cells) + " |")
+        print_per_class({n: train_masks(v) or {} for n, v in per_class.items()}, first, args.classes)
+        val = {n: v["seg"] for n, v in per_class.items() if "seg" in v}
+        if first in val and len(val) > 1:
+            print(f"\nper-class IoU of the segmentation network (val), change against {first}\n")
+            print_per_class(val, first, args.classes)
     if args.where:
         step = args.where_step or steps[0]
         print(f"\n{step}: recall of each class, and the labels its missed pixels go to\n")

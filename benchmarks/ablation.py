@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from wsss.compare import read_benchmark
 from wsss.metrics import taken_by
 from wsss.pipeline import WEAK, all_steps
 
@@ -53,18 +54,9 @@ def mean_epoch_seconds(history: Path) -> float | None:
     return sum(float(r["seconds"]) for r in rows) / len(rows) if rows else None
 
 
-def benchmark_row(path: Path) -> dict | None:
-    """The last row of a Snakemake ``benchmark:`` file, or None when there is none."""
-    if not path.exists():
-        return None
-    with path.open() as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    return rows[-1] if rows else None
-
-
 def max_rss(paths: list[str]) -> float | None:
-    rows = [benchmark_row(ROOT / p) for p in paths]
-    peaks = [float(r["max_rss"]) for r in rows if r and r["max_rss"] not in ("", "NA", "-")]
+    found = [read_benchmark(ROOT / p) for p in paths if (ROOT / p).exists()]
+    peaks = [mb for _, mb in found if mb is not None]
     return max(peaks) if peaks else None
 
 
@@ -80,9 +72,8 @@ def total_seconds(paths: list[str]) -> tuple[float, list[str]]:
     paths of those that do not (their jobs left no benchmark file, e.g. copied results)."""
     total, missing = 0.0, []
     for rel in paths:
-        row = benchmark_row(ROOT / rel)
-        if row:
-            total += float(row["s"])
+        if (ROOT / rel).exists():
+            total += read_benchmark(ROOT / rel)[0]
         else:
             missing.append(rel)
     return total, missing
@@ -99,11 +90,16 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def print_header(columns: list[str]) -> None:
+    """The header of a markdown table with a first column "variant"."""
+    print("| variant | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+
+
 def print_per_class(values: dict[str, dict], first: str, classes: list[str]) -> None:
     """A markdown table: per variant (``values``: name -> class -> IoU) the IoU of each of
     ``classes``, and its change against variant ``first``."""
-    print("| variant | " + " | ".join(classes) + " |")
-    print("|---" * (len(classes) + 1) + "|")
+    print_header(classes)
     base = values.get(first, {})
     for name, found in values.items():
         cells = []
@@ -160,7 +156,7 @@ def main() -> int:
         "| method wall (min) | method peak (MB) |"
     )
     print("|---" * (len(steps) + 10) + "|")
-    per_class: dict[str, dict] = {}
+    scored: dict[str, dict[str, dict]] = {}  # variant -> step -> its metrics JSON
     first_masks = None
     unmeasured: set[str] = set()
     for exp in the_plan["experiments"]:
@@ -168,9 +164,8 @@ def main() -> int:
         for key in steps:
             metrics = ROOT / exp["metrics"][key] if key in exp["metrics"] else None
             if metrics is not None and metrics.exists():
-                data = json.loads(metrics.read_text())
-                miou[key] = data["miou"]
-                per_class.setdefault(exp["name"], {})[key] = data.get("per_class", {})
+                scored.setdefault(exp["name"], {})[key] = json.loads(metrics.read_text())
+                miou[key] = scored[exp["name"]][key]["miou"]
         rule = next(r for r in NETWORKS if r in exp["benchmarks"])
         net_dir = ROOT / Path(exp["benchmarks"][rule][0]).parent.parent / NETWORKS[rule]
         health = net_dir / "health.json"
@@ -200,6 +195,10 @@ def main() -> int:
         )
     if unmeasured:
         print("\nnot in the method wall times (no benchmark file): " + ", ".join(sorted(unmeasured)))
+    per_class = {
+        name: {key: data.get("per_class", {}) for key, data in by_step.items()}
+        for name, by_step in scored.items()
+    }
     if args.classes:
         first = the_plan["experiments"][0]["name"]
         print(f"\nper-class IoU, change against {first} (last train-split step)\n")
@@ -211,18 +210,16 @@ def main() -> int:
     if args.where:
         step = args.where_step or steps[0]
         print(f"\n{step}: recall of each class, and the labels its missed pixels go to\n")
-        print("| variant | " + " | ".join(args.where) + " |")
-        print("|---" * (len(args.where) + 1) + "|")
-        for exp in the_plan["experiments"]:
-            metrics = ROOT / exp["metrics"].get(step, "-")
-            if not metrics.is_file():
+        print_header(args.where)
+        for name, by_step in scored.items():
+            if step not in by_step:
                 continue
-            data = json.loads(metrics.read_text())
+            data = by_step[step]
             cells = []
             for cls in args.where:
                 lost = taken_by(data["confusion"], data["labels"], cls)
                 cells.append(f"{fmt(data['recall'][cls], 1)}; " + ", ".join(f"{n} {v:.0f} %" for n, v in lost))
-            print(f"| {exp['name']} | " + " | ".join(cells) + " |")
+            print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -31,7 +31,7 @@ from wsss.plots import finish_percent_axes, save_figure
 _MISSING = {"", "NA", "-"}
 
 
-def _benchmark(path: Path) -> tuple[float, float | None]:
+def read_benchmark(path: Path) -> tuple[float, float | None]:
     """Wall seconds and peak RSS in MB (None when not measured) of a Snakemake benchmark TSV,
     from its last data row."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -47,7 +47,7 @@ def _rules(benchmarks: dict[str, list[str]]) -> dict[str, dict]:
     number of files found; files that do not exist are skipped, rules without any left out."""
     rules = {}
     for rule, paths in benchmarks.items():
-        found = [_benchmark(Path(p)) for p in paths if Path(p).exists()]
+        found = [read_benchmark(Path(p)) for p in paths if Path(p).exists()]
         if not found:
             continue
         peaks = [mb for _, mb in found if mb is not None]

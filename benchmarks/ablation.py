@@ -209,6 +209,8 @@ def main() -> int:
             print_per_class(val, first, args.classes)
     if args.where:
         step = args.where_step or steps[0]
+        if step not in steps:
+            parser.error(f"--where-step {step!r}: not a scored step of this config ({', '.join(steps)})")
         print(f"\n{step}: recall of each class, and the labels its missed pixels go to\n")
         print_header(args.where)
         for name, by_step in scored.items():
@@ -217,6 +219,8 @@ def main() -> int:
             data = by_step[step]
             cells = []
             for cls in args.where:
+                if cls not in data["labels"]:
+                    parser.error(f"--where {cls!r}: not a label of {name}'s {step} ({', '.join(data['labels'])})")
                 lost = taken_by(data["confusion"], data["labels"], cls)
                 cells.append(f"{fmt(data['recall'][cls], 1)}; " + ", ".join(f"{n} {v:.0f} %" for n, v in lost))
             print(f"| {name} | " + " | ".join(cells) + " |")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from wsss import single_stage
 from wsss.data.manifest import IGNORE
 from wsss.models.backbones import build_backbone
-from wsss.models.wsfcn import WSFCN, StochasticGate, flow_warp, from_arch
+from wsss.models.wsfcn import ASPP, WSFCN, FlexibleContext, StochasticGate, flow_warp, from_arch
 from wsss.pamr import pamr
 from wsss.single_stage import (
     balanced_cross_entropy,
@@ -222,7 +222,7 @@ def test_network_shapes_and_gradients(context: bool, fusion: bool, background: b
     assert out.mask_logits.shape == out.masks.shape == (2, channels, 16, 16)
     assert out.background == background
     assert torch.allclose(out.masks.sum(1), torch.ones(2, 16, 16), atol=1e-5)
-    assert (model.context.attention is not None) == context
+    assert isinstance(model.context, FlexibleContext if context else ASPP)
 
     loss, terms = single_stage_loss(out, images, LABELS, segmentation_loss=True)
     assert set(terms) == {"classification", "segmentation"}

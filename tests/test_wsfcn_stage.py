@@ -24,8 +24,8 @@ from wsss.data.manifest import Manifest, read_image, read_mask
 from wsss.experiments import merge
 from wsss.models.registry import ModelFileError, load_model
 from wsss.models.wsfcn import WSFCN
-from wsss.settings import SegmentParams, TrainIO
-from wsss.stages import eval_labels, infer_seg, predict, train_wsfcn
+from wsss.settings import TrainIO
+from wsss.stages import eval_labels, infer_wsfcn, predict, train_wsfcn
 from wsss.training import check_health
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ FAST = train_wsfcn.Params(
     num_workers=0,
     health="warn",  # two epochs on a tiny set: the health checks would stop it
 )
-ONE_SCALE = SegmentParams(scales=(1.0,), flip=True)
+ONE_SCALE = infer_wsfcn.Params(scales=(1.0,), flip=True)
 
 
 def train_io(manifest: Path, out_dir: Path) -> TrainIO:
@@ -204,9 +204,16 @@ def test_classification_epochs_must_leave_an_epoch_for_the_mask_loss(
 # ---- masks --------------------------------------------------------------------------------
 
 
-def segment_split(model: Path, manifest: Path, out: Path, split: str, present_only: bool) -> None:
+def segment_split(
+    model: Path,
+    manifest: Path,
+    out: Path,
+    split: str,
+    present_only: bool,
+    params: infer_wsfcn.Params = ONE_SCALE,
+) -> None:
     for shard in range(2):
-        io = infer_seg.IO(
+        io = infer_wsfcn.IO(
             manifest=manifest,
             model=model,
             out=out / f"shard-{shard}",
@@ -216,7 +223,7 @@ def segment_split(model: Path, manifest: Path, out: Path, split: str, present_on
             present_only=present_only,
             device="cpu",
         )
-        infer_seg.run(io, ONE_SCALE)
+        infer_wsfcn.run(io, params)
 
 
 def test_val_masks_are_label_maps_scored_like_the_segmentation_network(
@@ -248,7 +255,10 @@ def test_train_masks_keep_each_image_to_its_labels(
 ) -> None:
     manifest = Manifest.load(tiny_manifest)
     segment_split(wsfcn_model, tiny_manifest, tmp_path / "train", "train", present_only=True)
-    segment_split(wsfcn_model, tiny_manifest, tmp_path / "free", "train", present_only=False)
+    every_class = replace(ONE_SCALE, score_cut=0.0)  # as --present-only, without the labels
+    segment_split(
+        wsfcn_model, tiny_manifest, tmp_path / "free", "train", present_only=False, params=every_class
+    )
     outside_labels = 0
     for rec in manifest.split("train"):
         allowed = {0} | {c + 1 for c in rec.labels}
@@ -348,7 +358,7 @@ def test_the_workflow_plans_the_wsfcn_steps(tmp_path: Path, extra: dict, expecte
     proc = dry_run(tmp_path, {**METHOD, **extra}, "-p")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc.stdout) == expected
-    commands = [line for line in proc.stdout.splitlines() if "wsss infer-seg" in line]
+    commands = [line for line in proc.stdout.splitlines() if "wsss infer-wsfcn" in line]
     wsfcn = [c for c in commands if "--model results/tiny/wsfcn/model.pt" in c]
     assert len(wsfcn) == expected["infer_wsfcn"]
     for command in wsfcn:  # the training split's masks keep to the image labels

@@ -6,6 +6,7 @@ own input. Masks are int64 [H, W] with 255 = ignore.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,17 +36,25 @@ class Augment:
     same share of every image whatever its size in pixels; ``jitter`` is the brightness / contrast /
     saturation strength (hue gets a third of it); the crop pads with ``PAD_RGB`` (images)
     and 255 (masks) where the rescaled image is smaller than ``crop_size``.
+
+    ``crop_area`` (a, b) instead takes a random resized crop that never pads (the
+    single-stage reference's): a rectangle covering a share in [a, b] of the image's area,
+    of aspect ratio within [3/4, 4/3] of the image's own (:func:`resized_crop_box`), resized
+    to ``crop_size`` x ``crop_size``; ``scale_range`` is then not used.
     """
 
     crop_size: int
     scale_range: tuple[float, float] = (0.5, 1.5)
     flip: bool = True
     jitter: float = 0.3
+    crop_area: tuple[float, float] | None = None
 
     def __call__(
         self, image: Tensor, mask: Tensor | None, rng: np.random.Generator
     ) -> tuple[Tensor, Tensor | None]:
         """image [3, H, W] in [0, 255], mask [H, W] or None -> cropped image and mask."""
+        if self.crop_area is not None:
+            return self._resized_crop(image, mask, rng)
         scale = rng.uniform(*self.scale_range) * self.crop_size / max(image.shape[-2:])
         height, width = image.shape[-2:]
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -60,6 +69,25 @@ class Augment:
         if self.jitter > 0:
             image = self._jitter(image, rng)
         return self._crop(image, mask, rng)
+
+    def _resized_crop(
+        self, image: Tensor, mask: Tensor | None, rng: np.random.Generator
+    ) -> tuple[Tensor, Tensor | None]:
+        top, left, h, w = resized_crop_box(image.shape[-2:], self.crop_area or (1.0, 1.0), rng)
+        size = (self.crop_size, self.crop_size)
+        image = image[:, top : top + h, left : left + w]
+        image = F.interpolate(
+            image[None], size, mode="bilinear", align_corners=False, antialias=h > size[0]
+        )[0]
+        if mask is not None:
+            mask = mask[top : top + h, left : left + w]
+            mask = F.interpolate(mask[None, None].float(), size, mode="nearest")[0, 0].long()
+        if self.flip and rng.random() < 0.5:
+            image = image.flip(-1)
+            mask = mask.flip(-1) if mask is not None else None
+        if self.jitter > 0:
+            image = self._jitter(image, rng)
+        return image, mask
 
     def _jitter(self, image: Tensor, rng: np.random.Generator) -> Tensor:
         s = self.jitter
@@ -86,6 +114,34 @@ class Augment:
         if mask is not None and out_mask is not None:
             out_mask[dy : dy + h, dx : dx + w] = mask[top : top + h, left : left + w]
         return out, out_mask
+
+
+def resized_crop_box(
+    size: tuple[int, int],
+    area: tuple[float, float],
+    rng: np.random.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random box inside an image of ``size`` (H, W): its
+    area a share of the image's drawn from ``area``, its aspect ratio (w / h) the image's
+    own times a factor drawn log-uniformly from ``ratio``, one side clipped to the image
+    where the factor would make it too long (the area is kept). Relative to the image's
+    own aspect, so that a panorama's crop keeps its share of the picture (and of the
+    labelled objects) as a square photo's does."""
+    height, width = size
+    share = rng.uniform(*area)
+    aspect = width / height * math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    target = share * height * width
+    w = math.sqrt(target * aspect)
+    h = target / w
+    if w > width:
+        w, h = width, target / width
+    if h > height:
+        w, h = target / height, height
+    w, h = min(width, max(1, round(w))), min(height, max(1, round(h)))
+    top = int(rng.integers(0, height - h + 1))
+    left = int(rng.integers(0, width - w + 1))
+    return top, left, h, w
 
 
 class EpochSeeded(Dataset):

@@ -6,19 +6,23 @@ Data flow (B images, C foreground classes, stride 4 grid h x w):
 
 1. backbone levels; deep features: the last level (stride ``output_stride``), shallow
    features: level 1 (stride 4);
-2. context on the deep features (``width`` channels): parallel 3x3 convolutions of dilation
-   1, 6, 12, 18 at stride 16 (doubled at stride 8) and an image-pooling branch, fused by a
-   1x1 convolution. ``context=True``: the flexible context aggregation module (FCA), which
-   re-weights the fused features by a spatial attention, x + sigmoid(conv3x3([mean_c x,
-   max_c x])) * x; ``False``: the baseline's ASPP (first branch 1x1, no attention);
+2. context on the deep features (``width`` channels). ``context=True``: the flexible
+   context aggregation module (FCA) of the released code: four separable branches (k x 1
+   then 1 x k plus 1 x k then k x 1, k = 1, 3, 5, 7 at dilations 1, 12, 24, 36 whatever
+   the stride), each weighted by one shared channel attention, an image-pooling branch, a
+   1x1 reduction with batch norm, a residual spatial attention x + sa(x) x and dropout; its
+   batch norms keep their initial statistics (:class:`FlexibleContext`). ``False``: the
+   baseline's ASPP (:class:`ASPP`);
 3. decoder to the shallow grid, giving deep and shallow features of ``width`` channels.
    ``fusion=True``: semantically consistent feature fusion (SF2): a flow field predicted
-   from both levels warps the deep features onto the shallow grid (:func:`flow_warp`), then
-   two branches (shallow, aligned deep) of 3x3 convolutions are multiplied and each refined
-   by 3x3 convolutions with a residual; ``False``: the baseline's decoder, the upsampled
-   deep features concatenated with a 48-channel projection of the shallow ones (then a 3x3
-   convolution) and, as shallow features, the global cue injection (the shallow features
-   modulated by a scale and shift read from the deep ones);
+   from both levels warps the deep features onto the shallow grid (:class:`FlowAlignment`,
+   half a pixel per flow unit, small initial weights: about a pixel of displacement at
+   initialisation), then two branches (shallow, aligned deep) of 3x3 convolutions are
+   multiplied and each refined by 3x3 convolutions with a residual; ``False``: the
+   baseline's decoder, the upsampled deep features concatenated with a 48-channel
+   projection of the shallow ones (then a 3x3 convolution) and, as shallow features, the
+   global cue injection (the shallow features modulated by a scale and shift read from the
+   deep ones);
 4. the stochastic gate mixes the deep and the shallow features (:class:`StochasticGate`);
 5. head: two 3x3 convolutions and a 1x1 classifier: class logits [B, C, h, w], turned into
    masks and scores by :func:`wsss.single_stage.single_stage_output` (background logit only
@@ -61,12 +65,27 @@ def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.
     )
 
 
-def context_rates(output_stride: int) -> tuple[int, ...]:
-    """Dilations of the context branches: 1, 6, 12, 18 at stride 16, 1, 12, 24, 36 at 8."""
+ASPP_RATES = (1, 6, 12, 18)  # the baseline's ASPP at stride 16 (doubled at stride 8)
+FCA_KERNELS = (1, 3, 5, 7)  # FCA's separable branches: k x 1 / 1 x k ...
+FCA_DILATIONS = (1, 12, 24, 36)  # ... at these dilations, whatever the output stride
+FLOW_UNIT = 0.5  # output pixels per unit of the flow field (the reference: 2 / (2 x size))
+
+
+def aspp_rates(output_stride: int) -> tuple[int, ...]:
+    """Dilations of the baseline's ASPP: 1, 6, 12, 18 at stride 16, 1, 12, 24, 36 at 8."""
     if output_stride not in (8, 16):
         raise ValueError(f"WS-FCN needs output_stride 8 or 16, not {output_stride}")
-    scale = 16 // output_stride
-    return (1, 6 * scale, 12 * scale, 18 * scale)
+    return tuple(r * (16 // output_stride) for r in ASPP_RATES)
+
+
+def frozen_statistics(module: nn.Module) -> nn.Module:
+    """``module`` whose batch norms keep their running statistics (mean 0, variance 1 at
+    initialisation) in training too: each acts as a learned per-channel affine map, as the
+    reference's context module does. :class:`WSFCN` re-applies it in :meth:`WSFCN.train`."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return module
 
 
 class SpatialAttention(nn.Module):
@@ -81,46 +100,126 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.conv(pooled))
 
 
-class ContextAggregation(nn.Module):
-    """Multi-rate context on the deep features: [B, in, h, w] -> [B, width, h, w].
+class ChannelAttention(nn.Module):
+    """sigmoid(mlp(avgpool x) + mlp(maxpool x)), one two-layer 1x1 MLP (D -> D -> D, ReLU
+    between, no bias) shared by both descriptors: [B, D, h, w] -> [B, D, 1, 1]."""
 
-    ``flexible``: FCA (3x3 branches at every rate, fused features re-weighted by spatial
-    attention, x + A(x) x); otherwise ASPP (first branch 1x1, fused features through ReLU).
-    The image-pooling branch's batch norm needs training batches of two images or more."""
-
-    def __init__(self, in_channels: int, width: int, output_stride: int, flexible: bool):
+    def __init__(self, channels: int):
         super().__init__()
-        rates = context_rates(output_stride)
+        self.mlp = nn.Sequential(
+            kaiming(nn.Conv2d(channels, channels, 1, bias=False)),
+            nn.ReLU(inplace=True),
+            kaiming(nn.Conv2d(channels, channels, 1, bias=False)),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
+
+
+def trimmed_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(x)`` for a k x 1 or 1 x k convolution of dilation d with same padding, without
+    the taps that lie wholly outside the map (|offset| >= its side, which read only zero
+    padding): the same result as ``conv(x)``, but a 7-tap kernel at dilation 36 on a
+    16-pixel map pads by 3 pixels instead of 108."""
+    weight = conv.weight
+    d = conv.dilation[0]
+    axis = 2 if weight.shape[2] > 1 else 3
+    k = weight.shape[axis]
+    reach = min(k // 2, (x.shape[axis] - 1) // d)
+    centre = k // 2
+    weight = weight.narrow(axis, centre - reach, 2 * reach + 1)
+    padding = (d * reach, 0) if axis == 2 else (0, d * reach)
+    return F.conv2d(x, weight, None, 1, padding, conv.dilation)
+
+
+class SeparableBranch(nn.Module):
+    """One FCA branch, k x 1 then 1 x k plus 1 x k then k x 1 (no bias, no normalisation),
+    dilation d, same padding: [B, in, h, w] -> [B, width, h, w]."""
+
+    def __init__(self, in_channels: int, width: int, kernel: int, dilation: int):
+        super().__init__()
+
+        def conv(cin: int, size: tuple[int, int]) -> nn.Conv2d:
+            return kaiming(nn.Conv2d(cin, width, size, dilation=dilation, bias=False))
+
+        self.column_row = nn.ModuleList([conv(in_channels, (kernel, 1)), conv(width, (1, kernel))])
+        self.row_column = nn.ModuleList([conv(in_channels, (1, kernel)), conv(width, (kernel, 1))])
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = trimmed_conv(trimmed_conv(x, self.column_row[0]), self.column_row[1])
+        b = trimmed_conv(trimmed_conv(x, self.row_column[0]), self.row_column[1])
+        return a + b
+
+
+class FlexibleContext(nn.Module):
+    """FCA, flexible context aggregation: [B, in, h, w] -> [B, width, h, w].
+
+    x_k = b_k(x) * ca(b_k(x)) for the separable branches b_k (kernels 1, 3, 5, 7 at
+    dilations 1, 12, 24, 36) and one channel attention ca shared by the four; x_5 = image
+    pooling (1x1 conv, BN, ReLU) broadcast; y = BN(conv1x1([x_1 .. x_5])); out =
+    dropout_0.5(y + sa(y) * y) with the spatial attention sa. Batch-norm statistics frozen
+    (:func:`frozen_statistics`)."""
+
+    def __init__(self, in_channels: int, width: int):
+        super().__init__()
         self.branches = nn.ModuleList(
-            conv_bn_relu(in_channels, width, 3 if flexible or rate > 1 else 1, rate)
-            for rate in rates
+            SeparableBranch(in_channels, width, k, d) for k, d in zip(FCA_KERNELS, FCA_DILATIONS)
+        )
+        self.channel_attention = ChannelAttention(width)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_channels, width))
+        self.project = nn.Sequential(
+            kaiming(nn.Conv2d(width * (len(FCA_KERNELS) + 1), width, 1, bias=False)),
+            nn.BatchNorm2d(width),
+        )
+        self.attention = SpatialAttention()
+        self.dropout = nn.Dropout(0.5)
+        frozen_statistics(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = []
+        for branch in self.branches:
+            y = branch(x)
+            parts.append(y * self.channel_attention(y))
+        parts.append(self.pool(x).expand(-1, -1, *x.shape[-2:]))
+        y = self.project(torch.cat(parts, 1))
+        return self.dropout(y + self.attention(y) * y)
+
+
+class ASPP(nn.Module):
+    """The baseline's context: [B, in, h, w] -> [B, width, h, w], a 1x1 branch and 3x3
+    branches at :func:`aspp_rates` (conv, BN, ReLU each), image pooling, fused by a 1x1
+    conv, BN, ReLU, dropout 0.5. The pooling branch's batch norm needs batches of two."""
+
+    def __init__(self, in_channels: int, width: int, output_stride: int):
+        super().__init__()
+        rates = aspp_rates(output_stride)
+        self.branches = nn.ModuleList(
+            conv_bn_relu(in_channels, width, 1 if rate == 1 else 3, rate) for rate in rates
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_channels, width))
         self.project = nn.Sequential(
             kaiming(nn.Conv2d(width * (len(rates) + 1), width, 1, bias=False)),
             nn.BatchNorm2d(width),
         )
-        self.attention = SpatialAttention() if flexible else None
         self.dropout = nn.Dropout(0.5)
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
         x = self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], 1))
-        if self.attention is None:
-            return self.dropout(F.relu(x))
-        return self.dropout(x + self.attention(x) * x)
+        return self.dropout(F.relu(x))
 
 
-def flow_warp(features: Tensor, flow: Tensor) -> Tensor:
+def flow_warp(features: Tensor, flow: Tensor, unit: float = 1.0) -> Tensor:
     """Sample ``features`` [B, D, h, w] on the grid of ``flow`` [B, 2, H, W] (bilinear):
-    output pixel p reads the input at p + flow(p), flow (x, y) in output pixels, the two
-    grids' corners aligned. Zero flow: bilinear resizing (identity at the same size)."""
+    output pixel p reads the input at p + unit * flow(p), flow (x, y) in output pixels
+    times ``unit``, the two grids' corners aligned. Zero flow: bilinear resizing (identity
+    at the same size)."""
     b, _, height, width = flow.shape
     ys = torch.linspace(-1.0, 1.0, height, device=flow.device, dtype=flow.dtype)
     xs = torch.linspace(-1.0, 1.0, width, device=flow.device, dtype=flow.dtype)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     base = torch.stack([grid_x, grid_y], -1).expand(b, -1, -1, -1)
-    per_pixel = flow.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
+    per_pixel = flow.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)]) * unit
     grid = base + flow.permute(0, 2, 3, 1) * per_pixel
     return F.grid_sample(features, grid.to(features.dtype), align_corners=True)
 
@@ -128,20 +227,25 @@ def flow_warp(features: Tensor, flow: Tensor) -> Tensor:
 class FlowAlignment(nn.Module):
     """Deep features [B, width, h, w] aligned to the shallow grid [B, S, H, W] by a learned
     flow field: flow = conv3x3([1x1(up(deep)), 1x1(shallow)]), out = warp(deep, flow)
-    [B, width, H, W]. The flow layer keeps PyTorch's default (small) initial weights."""
+    [B, width, H, W], a flow unit moving by :data:`FLOW_UNIT` pixels. All three layers keep
+    PyTorch's default (small) initial weights, as the reference does, so that the initial
+    warp moves features by about a pixel and stays inside the map."""
 
     def __init__(self, shallow_channels: int, width: int):
         super().__init__()
         mid = width // 2
-        self.down_deep = kaiming(nn.Conv2d(width, mid, 1, bias=False))
-        self.down_shallow = kaiming(nn.Conv2d(shallow_channels, mid, 1, bias=False))
+        self.down_deep = nn.Conv2d(width, mid, 1, bias=False)
+        self.down_shallow = nn.Conv2d(shallow_channels, mid, 1, bias=False)
         self.flow = nn.Conv2d(2 * mid, 2, 3, padding=1, bias=False)
 
-    def forward(self, shallow: Tensor, deep: Tensor) -> Tensor:
+    def flow_field(self, shallow: Tensor, deep: Tensor) -> Tensor:
+        """The flow [B, 2, H, W] in flow units (:data:`FLOW_UNIT` pixels each)."""
         size = shallow.shape[-2:]
         deep_small = F.interpolate(self.down_deep(deep), size, mode="bilinear", align_corners=False)
-        flow = self.flow(torch.cat([deep_small, self.down_shallow(shallow)], 1))
-        return flow_warp(deep, flow)
+        return self.flow(torch.cat([deep_small, self.down_shallow(shallow)], 1))
+
+    def forward(self, shallow: Tensor, deep: Tensor) -> Tensor:
+        return flow_warp(deep, self.flow_field(shallow, deep), FLOW_UNIT)
 
 
 class SemanticFusion(nn.Module):
@@ -260,8 +364,10 @@ class WSFCN(nn.Module):
         self.focal_lambda = focal_lambda
         self.focal_p = focal_p
         shallow = backbone.channels[SHALLOW_LEVEL]
-        self.context = ContextAggregation(
-            backbone.channels[-1], width, backbone.output_stride, flexible=context
+        self.context = (
+            FlexibleContext(backbone.channels[-1], width)
+            if context
+            else ASPP(backbone.channels[-1], width, backbone.output_stride)
         )
         self.decoder = (SemanticFusion if fusion else SkipDecoder)(shallow, width)
         self.gate = StochasticGate(gate_psi)
@@ -272,6 +378,13 @@ class WSFCN(nn.Module):
             nn.Dropout(0.1),
             kaiming(nn.Conv2d(width, num_classes, 1)),
         )
+
+    def train(self, mode: bool = True) -> WSFCN:
+        """Training mode, the context module's batch-norm statistics kept frozen."""
+        super().train(mode)
+        if isinstance(self.context, FlexibleContext):
+            frozen_statistics(self.context)
+        return self
 
     def new_modules(self) -> list[nn.Module]:
         """Modules trained from scratch (the backbone comes from ImageNet)."""

@@ -16,14 +16,25 @@ from wsss.stage import Stage, arg
 
 @dataclass(frozen=True, kw_only=True)
 class Params(TrainParams, ClassifierParams):
-    """The shared training settings at the WS-FCN reference (crop 321, batch 16, 30 epochs
-    of which 7 classification only, lr 1e-3), its two modules, the gate and the focal
-    penalty, and the HFPL add-on on the classification branch."""
+    """The shared training settings at the WS-FCN reference (crop 321 from random resized
+    crops of 90-100 % of the image, batch 16, 30 epochs of which 7 classification only,
+    constant lr 1e-3), its two modules, the gate and the focal penalty, and the HFPL add-on
+    on the classification branch."""
 
     epochs: int = arg(30, "training epochs")
     batch_size: int = arg(16, "images per step")
     crop_size: int = arg(321, "side of the square training crop (pixels)")
     lr: float = arg(0.001, "base learning rate (pretrained weights)")
+    poly_power: float = arg(
+        0.0,
+        "poly schedule power: lr * (1 - step / steps) ** power (0: constant, the reference's)",
+    )
+    crop_area: tuple[float, float] = arg(
+        (0.9, 1.0),
+        "random resized crops covering this share of the image's area, resized to "
+        "crop_size, never padded (the reference's); (0, 0): rescale by scale_range and pad "
+        "as the other networks do",
+    )
     classification_epochs: int = arg(
         7, "first epochs that train the classification loss only (no mask loss)"
     )
@@ -35,6 +46,17 @@ class Params(TrainParams, ClassifierParams):
     gate_psi: float = arg(0.3, "stochastic gate: share of the shallow features")
     focal_lambda: float = arg(0.01, "focal mask penalty: lambda in log(lambda + mean mask)")
     focal_p: float = arg(3.0, "focal mask penalty: power p of (1 - mean mask)")
+
+    def augmentation(self):
+        """Random resized crops (``crop_area``) that never pad, or, with (0, 0), the padded
+        crops of the other networks: without a background class, padding is a region that
+        some labelled class must take in the pooling, the pseudo ground truth and the loss."""
+        from wsss.data.datasets import Augment
+
+        area = None if max(self.crop_area) <= 0 else self.crop_area
+        if area is not None and not 0 < area[0] <= area[1] <= 1:
+            raise ValueError(f"crop_area must satisfy 0 < a <= b <= 1, not {list(area)}")
+        return Augment(self.crop_size, self.scale_range, True, self.jitter, area)
 
 
 def run(io: TrainIO, params: Params) -> None:

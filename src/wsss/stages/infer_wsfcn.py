@@ -1,0 +1,76 @@
+"""Stage: WS-FCN's masks of one shard of a split, as its reference infers them
+(:func:`wsss.inference.segment_single_stage`: masks averaged over scales and flips after
+the softmax, classes whose image score stays at or below ``score_cut`` dropped, the
+background raised to ``bg_power``), one palette PNG per image. ``--present-only`` keeps each
+image to its labelled classes (and the background) instead of the score cut: the masks of
+the training split, whose image labels are the supervision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsss.settings import NetShardIO, SegmentParams
+from wsss.stage import Stage, arg
+
+
+@dataclass(frozen=True, kw_only=True)
+class IO(NetShardIO):
+    split: str = arg("val", "split whose images are segmented")
+    out: Path = arg(help="directory of label PNGs to write")
+    present_only: bool = arg(
+        False,
+        "each pixel takes one of the image's labelled classes or the background (for the "
+        "training split, whose image labels are known); no score cut",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params(SegmentParams):
+    """Test-time settings of the reference: scales 1, 0.5, 1.5, 2 with flips, score cut
+    0.1, background power 3."""
+
+    scales: tuple[float, ...] = arg((1.0, 0.5, 1.5, 2.0), "test-time scales")
+    score_cut: float = arg(
+        0.1, "drop the classes whose image score (sigmoid) stays at or below this"
+    )
+    bg_power: float = arg(3.0, "raise the averaged background mask to this power")
+
+
+def run(io: IO, params: Params) -> None:
+    """Write ``io.out/<id>.png`` for every image of one shard of ``io.split``."""
+    import logging
+
+    from wsss.atomic import atomic_dir
+    from wsss.common import progress, shard_job
+    from wsss.data.datasets import to_tensor
+    from wsss.data.manifest import read_image
+    from wsss.data.palette import write_label_png
+    from wsss.inference import labels_from_probs, segment_single_stage
+
+    if min(params.scales) <= 0:
+        raise ValueError(f"scales must be positive, not {list(params.scales)}")
+    job = shard_job(io, "wsfcn")
+    manifest = job.manifest
+    with atomic_dir(io.out) as tmp:
+        for rec in progress(job.records, f"WS-FCN masks, shard {io.shard}", "image"):
+            image = read_image(rec.image)
+            probs = segment_single_stage(
+                job.model,
+                to_tensor(image),
+                params.scales,
+                params.flip,
+                params.amp,
+                params.max_pixels,
+                rec.image,
+                0.0 if io.present_only else params.score_cut,
+                params.bg_power,
+            )
+            keep = None
+            if io.present_only:  # the background (if any) and the labelled classes
+                keep = [0] * manifest.offset + [manifest.offset + c for c in rec.labels]
+            write_label_png(tmp, rec.id, labels_from_probs(image, probs, params, keep))
+    logging.getLogger(__name__).info("wrote %d label maps to %s", len(job.records), io.out)
+
+
+STAGE = Stage("infer-wsfcn", "WS-FCN's masks of one shard of a split", IO, Params, run)

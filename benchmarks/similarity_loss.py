@@ -2,11 +2,13 @@
 form of wsss.hfpl against the reference's all-pairs form.
 
     .venv/bin/python benchmarks/similarity_loss.py [--grids 32 64] [--batch 8] [--classes 21]
-        [--sigma 5] [--repeats 3] [--threads N] [--device cpu]
+        [--sigma 40] [--stride 8] [--repeats 3] [--threads N] [--device cpu]
 
 A "step" is the loss's forward and backward pass on a batch of --batch images: colours
-[B, 3, g, g] in [0, 1] and class maps [B, C, g, g] (sigmoids of smooth random logits, the
-gradient flowing into the logits), sigma 5 feature pixels, window radius 3 sigma = 15. Each
+[B, 3, g, g] in [0, 1] and the class maps of wsss.hfpl.class_maps [B, 1 + C, g, g] (the
+binomial posterior's max-normalised maps of smooth random logits, every class present, and
+the "none" channel; the gradient flowing into the logits), sigma 40 image pixels on a
+stride-8 grid (5 feature pixels, the reference's), window radius 3 sigma. Each
 measurement runs in a fresh process (this script with a hidden --measure flag) so that the
 peak memory is the method's own: on the CPU the growth of ru_maxrss over its value after the
 inputs are made, on CUDA torch.cuda.max_memory_allocated above the inputs. Times are the best
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from wsss.hfpl import similarity_loss, similarity_loss_all_pairs  # noqa: E402
+from wsss.hfpl import AddOn, class_maps, similarity_loss, similarity_loss_all_pairs  # noqa: E402
 
 
 def make_inputs(batch: int, classes: int, grid: int, device: str):
@@ -52,11 +53,18 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     colours, logits = make_inputs(args.batch, args.classes, args.grid, args.device)
     logits.requires_grad_(True)
-    radius = math.ceil(3 * args.sigma)
-    if args.method == "windowed":
-        loss_fn = lambda: similarity_loss(colours, torch.sigmoid(logits), 2.5, args.sigma, radius)  # noqa: E731
-    else:
-        loss_fn = lambda: similarity_loss_all_pairs(colours, torch.sigmoid(logits), 2.5, args.sigma)  # noqa: E731
+    radius = 3.0 * args.sigma
+    present = torch.ones(args.batch, args.classes, device=args.device)
+
+    def maps_of(z: torch.Tensor) -> torch.Tensor:
+        return class_maps(z, present, AddOn())
+
+    def loss_fn() -> torch.Tensor:
+        maps = maps_of(logits)
+        if args.method == "windowed":
+            return similarity_loss(colours, maps, 2.5, args.sigma, radius, stride=args.stride)
+        return similarity_loss_all_pairs(colours, maps, 2.5, args.sigma, stride=args.stride)
+
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -77,8 +85,10 @@ def measure(args: argparse.Namespace) -> dict:
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     with torch.no_grad():
-        maps = torch.sigmoid(logits)
-        same = similarity_loss_all_pairs(colours, maps, 2.5, args.sigma, radius=radius)
+        maps = maps_of(logits)
+        same = similarity_loss_all_pairs(
+            colours, maps, 2.5, args.sigma, radius=radius, stride=args.stride
+        )
     return {"time": min(times), "peak_mib": peak, "loss": float(loss), "windowed_ref": float(same)}
 
 
@@ -86,6 +96,7 @@ def run_one(method: str, grid: int, args: argparse.Namespace) -> dict | None:
     cmd = [
         sys.executable, __file__, "--measure", "--method", method, "--grid", str(grid),
         "--batch", str(args.batch), "--classes", str(args.classes), "--sigma", str(args.sigma),
+        "--stride", str(args.stride),
         "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -100,7 +111,8 @@ def main() -> int:
     parser.add_argument("--grids", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--classes", type=int, default=21)
-    parser.add_argument("--sigma", type=float, default=5.0)
+    parser.add_argument("--sigma", type=float, default=40.0, help="image pixels")
+    parser.add_argument("--stride", type=float, default=8.0, help="image pixels per grid cell")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
@@ -116,8 +128,9 @@ def main() -> int:
         f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     print(
-        f"B = {args.batch}, C = {args.classes}, sigma {args.sigma}, window radius "
-        f"{math.ceil(3 * args.sigma)}; forward + backward, best of {args.repeats}\n"
+        f"B = {args.batch}, C = {args.classes}, sigma {args.sigma} image px at stride "
+        f"{args.stride} ({args.sigma / args.stride:g} grid cells), window radius "
+        f"{3 * args.sigma:g} px; forward + backward, best of {args.repeats}\n"
     )
     print(
         "| grid | windowed step (s) | windowed peak (MiB) | all-pairs step (s) "

@@ -64,12 +64,14 @@ class TrainParams:
 class ClassifierParams:
     """The HFPL add-on of every classifier (wsss.hfpl), off by default: importance
     sampling mixed with global average pooling, a feature similarity loss, and the
-    posterior both use. Reference when on: K = 10, 0.8 GAP + 0.2 sampling, mu 2.5, sigma 5."""
+    posterior both use. Reference when on: K = 10, 0.8 GAP + 0.2 sampling, mu 2.5, sigma 40
+    image pixels (the reference's 5 feature pixels of a stride-8 network)."""
 
     posterior: str = arg(
         "binomial",
         "class posterior of the add-on: binomial (sigmoid per class, the paper) or "
-        "multinomial (softmax over the classes)",
+        "multinomial (softmax over the classes: this project's stand-in for the softmax-style "
+        "posterior the paper replaces, not a published loss)",
         choices=("binomial", "multinomial"),
     )
     sampling_weight: float = arg(
@@ -79,10 +81,14 @@ class ClassifierParams:
     similarity_weight: float = arg(0.0, "weight of the feature similarity loss (0: off)")
     similarity_mu: float = arg(2.5, "feature similarity loss: colour-distance offset mu")
     similarity_sigma: float = arg(
-        5.0, "feature similarity loss: spatial Gaussian sigma (feature pixels)"
+        40.0,
+        "feature similarity loss: spatial Gaussian sigma in image pixels, divided by the "
+        "network's stride (crop size / feature grid size) in the loss; the reference's 5 "
+        "feature pixels at stride 8",
     )
-    similarity_radius: int = arg(
-        0, "feature similarity loss: pairs at most this far apart (feature pixels; 0: 3 sigma)"
+    similarity_radius: float = arg(
+        0.0,
+        "feature similarity loss: pairs at most this far apart (image pixels; 0: 3 sigma)",
     )
 
 

@@ -33,6 +33,21 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/experiments.smk"
 
 
+# One run at a time writes into results/<run>/, whatever its working directory: the lock is
+# taken when the jobs start (not for dry runs) and released at the end (workflow/rules/
+# common.smk, lock_results).
+onstart:
+    lock_results()
+
+
+onsuccess:
+    unlock_results()
+
+
+onerror:
+    unlock_results()
+
+
 # Cheap jobs run where Snakemake runs, not as cluster jobs.
 localrules:
     eval_cam,

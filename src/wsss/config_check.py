@@ -2,7 +2,8 @@
 on files. Run on the validated config (defaults filled in) before the first job.
 
 Imports nothing heavy: the dataset loader of ``dataset.kind`` is imported only to read its
-signature, and torch not at all.
+signature (and, for ``method: wsfcn``, the training split's image labels), and torch not at
+all.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,11 @@ def check_config(config: dict[str, Any], base_dir: str | os.PathLike[str]) -> No
         problems += _check_alpha(config)
     for section in TRAIN_SECTIONS[method]:
         problems += _check_backbone(f"{section}.train", config[section]["train"], base)
-    problems += _check_psa(config) if method == "psa" else _check_wsfcn(config["wsfcn"]["train"])
+    if method == "psa":
+        problems += _check_psa(config)
+    else:
+        problems += _check_wsfcn(config["wsfcn"]["train"])
+        problems += _check_label_sets(config["dataset"], base)
     if method != "wsfcn" and config.get("wsfcn", {}).get("hybrid"):
         problems.append(
             f"wsfcn.hybrid: true has no effect with method {method} (only with method wsfcn)"
@@ -166,3 +173,72 @@ def _check_dataset(dataset: dict[str, Any], base: Path) -> list[str]:
         if not (isinstance(value, str) and value.strip()):
             problems.append(f"dataset.{split}: must be a non-empty split name, not {value!r}")
     return problems
+
+
+def _check_label_sets(dataset: dict[str, Any], base: Path) -> list[str]:
+    """WS-FCN learns masks by telling apart images with different label sets: refuse a
+    training split whose labelled images all carry the same labels (a one-class dataset,
+    or one where every image has every class). Its classification is then the label
+    frequencies alone, the mask loss has nothing to separate, and the training's health
+    check (held-out mAP above that prior) can never pass, whatever the learning rate.
+    Read as cheaply as the layout allows, stopping at the second label set; a dataset that
+    cannot be read is left to ``wsss prepare``, which names the file."""
+    if dataset["kind"] == "demo":  # generated: six classes, one to three objects an image
+        return []
+    first: tuple[str, ...] | None = None
+    count = 0
+    try:
+        for labels in _train_label_sets(dataset, base):
+            if not labels:  # images without a label are left out of the training
+                continue
+            if first is not None and labels != first:
+                return []
+            first, count = labels, count + 1
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    if first is None:
+        return []
+    split = dataset["train_split"]
+    return [
+        f"dataset.train_split: all {count} labelled images of split '{split}' of "
+        f"{dataset['root']} have the same labels ({', '.join(first)}): method wsfcn cannot "
+        "learn masks from them, its mask loss needs images with different label sets (at "
+        "least two classes that do not always appear together), and the training's health "
+        "check could never pass; add images with other labels, or use another dataset"
+    ]
+
+
+def _train_label_sets(dataset: dict[str, Any], base: Path) -> Iterator[tuple[str, ...]]:
+    """The sorted label names of each image of the training split, read lazily."""
+    kind, options, split = dataset["kind"], dataset["options"], dataset["train_split"]
+    root = base / dataset["root"]
+    if kind == "folder":
+        from wsss.data import folder
+
+        yield from folder.split_label_names(root, split, options.get("csv", "labels.csv"))
+    elif kind in ("voc", "msrc"):
+        from wsss.data import voc
+
+        classes = (
+            voc.read_classes(root / "classes.txt")
+            if (root / "classes.txt").is_file()
+            else voc.VOC_CLASSES
+        )
+        background = kind == "voc" and bool(options.get("has_background", True))
+        source = options.get("label_source", "masks")
+        split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        for image_id in voc._read_ids(split_file, root / "JPEGImages"):
+            record = voc._record(root, image_id, classes, background, source)
+            yield tuple(sorted(classes[i] for i in record.labels))
+    elif kind == "coco":
+        import json
+
+        year = options.get("year", 2014)
+        with open(root / "annotations" / f"instances_{split}{year}.json") as f:
+            data = json.load(f)
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        found: dict[object, set[str]] = defaultdict(set)
+        for ann in data["annotations"]:
+            found[ann["image_id"]].add(names[ann["category_id"]])
+        for labels in found.values():
+            yield tuple(sorted(labels))

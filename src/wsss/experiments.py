@@ -12,17 +12,27 @@ A config may list::
 Each experiment's config is the base config with its ``overrides`` merged in (nested keys
 replace, lists are replaced whole); ``seeds`` sets the seed of every training. Without
 ``experiments`` the run is its own single experiment (``results/<run>/``).
+
+An experiment honours every setting it overrides or is refused by name: the settings of
+the whole run (``results``, ``run``, ``threads``, ``resources``) cannot differ per
+experiment, and a setting the experiment's method and steps never read (``cam`` in a
+``method: wsfcn`` experiment, ``demo`` without ``dataset.kind: demo``) would silently do
+nothing. An experiment whose ``demo`` settings differ from the base config's gets its
+own demo dataset, ``<dataset.root>-<name>``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 from dataclasses import dataclass
 
 from wsss.pipeline import (
     ARTEFACTS,
     REPEATED,
+    STEPS,
     all_steps,
     artefacts_of,
     lookup,
@@ -31,6 +41,14 @@ from wsss.pipeline import (
 )
 
 TRAININGS = ("cam.train", "affinity.train", "seg.train", "wsfcn.train")
+# Names that become directories (run, experiment): no separators, no "." or "..", no
+# leading dot or dash (the schema's pattern for run and experiments[].name agrees).
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# Settings of the whole run: the workflow reads them once, from the base config.
+RUN_SETTINGS = ("results", "run", "threads", "resources", "experiments")
+# Sections whose keys an experiment's artefacts read (pipeline.ARTEFACTS keys); an override
+# of one of them that no artefact of the experiment reads is refused.
+CHECKED_SECTIONS = ("cam", "affinity", "pseudo", "seg", "wsfcn", "demo")
 
 
 @dataclass(frozen=True)
@@ -54,15 +72,117 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def check_name(key: str, name: object) -> None:
+    """Refuse a run or experiment name that is not a plain directory name."""
+    if not (isinstance(name, str) and NAME.fullmatch(name)):
+        raise ValueError(
+            f"{key}: {name!r} is not a valid name (letters, digits, '_', '.' and '-', not "
+            "starting with '.' or '-'; it becomes a directory under the results directory)"
+        )
+
+
+def leaf_keys(section: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of the values of a nested dict (``{"a": {"b": 1}}`` -> ``a.b``)."""
+    keys = []
+    for key, value in section.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            keys.extend(leaf_keys(value, f"{dotted}."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def used_keys(config: dict) -> set[str]:
+    """The config keys the artefacts of ``config`` are made with, and the switches of its
+    method's steps."""
+    graph = ARTEFACTS[method_of(config)]
+    used = {key for name in artefacts_of(config) for key in graph[name].keys}
+    used |= {s.switch for s in STEPS[method_of(config)] if s.switch}
+    return used
+
+
+def check_overrides(name: str, overrides: dict, config: dict) -> None:
+    """Refuse an override that the experiment ``name`` (merged settings ``config``) would
+    ignore: a setting of the whole run, or one its method and steps never read."""
+    problems = []
+    for key in overrides:
+        if key in RUN_SETTINGS:
+            problems.append(
+                f"experiment '{name}': overrides {key}, a setting of the whole run (set it "
+                "at the top level of the config, or run the experiment as a run of its own)"
+            )
+    used = used_keys(config)
+    method, last = method_of(config), config.get("last_step")
+    what = f"method {method}" + (f" up to last_step {last}" if last else "")
+    for key in leaf_keys({k: v for k, v in overrides.items() if k in CHECKED_SECTIONS}):
+        if key.split(".")[0] == "demo" and lookup(config, "dataset.kind") != "demo":
+            problems.append(
+                f"experiment '{name}': overrides {key}, but its dataset.kind is "
+                f"{lookup(config, 'dataset.kind')} (demo settings only make the demo dataset)"
+            )
+        elif not any(key == u or key.startswith(f"{u}.") or u.startswith(f"{key}.") for u in used):
+            problems.append(
+                f"experiment '{name}': overrides {key}, which {what} does not use "
+                "(remove it, or override the method or steps that read it)"
+            )
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def _own_demo_root(name: str, merged: dict, base: dict, demos: dict) -> None:
+    """Give experiment ``name`` (settings ``merged``, changed in place) a demo dataset of
+    its own when its demo settings differ from the base config's: ``<root>-<name>``, or the
+    directory of an earlier experiment with the same demo settings. ``demos`` maps each
+    demo directory so far to who set it and its settings; a directory that would hold two
+    different demo datasets, or that is the base config's non-demo dataset, is refused."""
+    data, demo = merged["dataset"], merged.get("demo")
+    if data.get("kind") != "demo":
+        return
+    base_root = lookup(base, "dataset.root")
+    if data["root"] == base_root and demo != base.get("demo"):
+        same = [root for root, (_, settings) in demos.items() if settings == demo]
+        data["root"] = same[0] if same else f"{os.path.normpath(base_root)}-{name}"
+    if data["root"] == base_root and lookup(base, "dataset.kind") != "demo":
+        raise ValueError(
+            f"experiment '{name}': dataset.kind demo would write the demo dataset into "
+            f"dataset.root {base_root}, the base config's {lookup(base, 'dataset.kind')} "
+            "dataset (give the experiment a dataset.root of its own)"
+        )
+    holder, settings = demos.setdefault(data["root"], (f"experiment '{name}'", demo))
+    if settings != demo:
+        raise ValueError(
+            f"experiment '{name}': dataset.root {data['root']} is the demo dataset of "
+            f"{holder}, made with other demo settings (give the experiment its own root)"
+        )
+
+
+def demo_datasets(experiments: dict[str, Experiment]) -> dict[str, dict]:
+    """Every demo dataset the experiments read: its directory -> its demo settings."""
+    return {
+        exp.config["dataset"]["root"]: exp.config.get("demo") or {}
+        for exp in experiments.values()
+        if exp.config["dataset"]["kind"] == "demo"
+    }
+
+
 def expand(config: dict) -> dict[str, Experiment]:
     """Every experiment of ``config`` by directory (``<run>`` or ``<run>/<name>[-seedS]``)."""
+    check_name("run", config["run"])
     base = {k: v for k, v in config.items() if k != "experiments"}
     listed = config.get("experiments") or []
     if not listed:
         return {config["run"]: Experiment(config["run"], config["run"], None, base)}
     found: dict[str, Experiment] = {}
+    demos: dict[str, tuple[str, object]] = {}  # demo root -> (who set it, demo settings)
+    if lookup(base, "dataset.kind") == "demo":
+        demos[lookup(base, "dataset.root")] = ("the base config", base.get("demo"))
     for entry in listed:
-        merged = merge(base, entry.get("overrides") or {})
+        check_name("experiments[].name", entry.get("name"))
+        overrides = entry.get("overrides") or {}
+        merged = merge(base, overrides)
+        check_overrides(entry["name"], overrides, merged)
+        _own_demo_root(entry["name"], merged, base, demos)
         for seed in entry.get("seeds") or [None]:
             settings = merged
             suffix = ""

@@ -23,9 +23,9 @@ rule affinity_labels:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss affinity-labels --manifest {input.manifest} --maps {input.cams}"
-        " --out {output.labels} --shard {wildcards.shard} --num-shards {params.num_shards}"
-        " --split {params.split} {params.flags} > {log} 2>&1"
+        "wsss affinity-labels --manifest {input.manifest:q} --maps {input.cams:q}"
+        " --out {output.labels:q} --shard {wildcards.shard} --num-shards {params.num_shards}"
+        " --split {params.split:q} {params.flags} > {log:q} 2>&1"
 
 
 rule eval_aff_labels:
@@ -43,8 +43,8 @@ rule eval_aff_labels:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss eval-labels --manifest {input.manifest} --labels {input.labels}"
-        " --out {output.metrics} --stage aff_labels --split {params.split} > {log} 2>&1"
+        "wsss eval-labels --manifest {input.manifest:q} --labels {input.labels:q}"
+        " --out {output.metrics:q} --stage aff_labels --split {params.split:q} > {log:q} 2>&1"
 
 
 rule train_aff:
@@ -70,10 +70,10 @@ rule train_aff:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss train-aff --manifest {input.manifest} --labels {input.labels}"
-        " --out {output.model} --state-dir {params.state} --split {params.split}"
-        " --held-out {params.held_out}"
-        " --device {params.device} {params.flags} > {log} 2>&1"
+        "wsss train-aff --manifest {input.manifest:q} --labels {input.labels:q}"
+        " --out {output.model:q} --state-dir {params.state:q} --split {params.split:q}"
+        " --held-out {params.held_out:q}"
+        " --device {params.device:q} {params.flags} > {log:q} 2>&1"
 
 
 rule random_walk:
@@ -99,9 +99,10 @@ rule random_walk:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss random-walk --manifest {input.manifest} --maps {input.cams} --model {input.model}"
-        " --out {output.maps} --shard {wildcards.shard} --num-shards {params.num_shards}"
-        " --split {params.split} --device {params.device} {params.flags} > {log} 2>&1"
+        "wsss random-walk --manifest {input.manifest:q} --maps {input.cams:q}"
+        " --model {input.model:q}"
+        " --out {output.maps:q} --shard {wildcards.shard} --num-shards {params.num_shards}"
+        " --split {params.split:q} --device {params.device:q} {params.flags} > {log:q} 2>&1"
 
 
 rule eval_rw:
@@ -119,8 +120,9 @@ rule eval_rw:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss eval-maps --manifest {input.manifest} --maps {input.maps} --out {output.metrics}"
-        " --stage rw --split {params.split} > {log} 2>&1"
+        "wsss eval-maps --manifest {input.manifest:q} --maps {input.maps:q}"
+        " --out {output.metrics:q}"
+        " --stage rw --split {params.split:q} > {log:q} 2>&1"
 
 
 rule pseudo_masks:
@@ -143,9 +145,10 @@ rule pseudo_masks:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss pseudo-masks --manifest {input.manifest} --maps {input.maps} --out {output.masks}"
-        " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split}"
-        " {params.flags} > {log} 2>&1"
+        "wsss pseudo-masks --manifest {input.manifest:q} --maps {input.maps:q}"
+        " --out {output.masks:q}"
+        " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split:q}"
+        " {params.flags} > {log:q} 2>&1"
 
 
 rule eval_pseudo:
@@ -163,5 +166,5 @@ rule eval_pseudo:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss eval-labels --manifest {input.manifest} --labels {input.labels}"
-        " --out {output.metrics} --stage pseudo --split {params.split} > {log} 2>&1"
+        "wsss eval-labels --manifest {input.manifest:q} --labels {input.labels:q}"
+        " --out {output.metrics:q} --stage pseudo --split {params.split:q} > {log:q} 2>&1"

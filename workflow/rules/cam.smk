@@ -10,7 +10,7 @@ rule train_cam_stage:
         model=out("cam/stage-{stage}/model.pt"),
     params:
         flags=lambda wc: cam_train_flags(wc, int(wc.stage)),
-        init=lambda wc, input: f"--init {input.init}" if input.init else "",
+        init=lambda wc, input: f"--init {shlex.quote(input.init[0])}" if input.init else "",
         split=setting("dataset", "train_split"),
         held_out=setting("dataset", "val_split"),
         device=setting("device"),
@@ -26,10 +26,10 @@ rule train_cam_stage:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss train-cam --manifest {input.manifest} --out {output.model}"
-        " --state-dir {params.state} --split {params.split} --held-out {params.held_out}"
-        " --device {params.device} {params.init}"
-        " {params.flags} > {log} 2>&1"
+        "wsss train-cam --manifest {input.manifest:q} --out {output.model:q}"
+        " --state-dir {params.state:q} --split {params.split:q} --held-out {params.held_out:q}"
+        " --device {params.device:q} {params.init}"
+        " {params.flags} > {log:q} 2>&1"
 
 
 rule train_cam:
@@ -40,7 +40,7 @@ rule train_cam:
         model=out("cam/model.pt"),
     params:
         flags=cam_train_flags,
-        init=lambda wc, input: f"--init {input.init}" if input.init else "",
+        init=lambda wc, input: f"--init {shlex.quote(input.init[0])}" if input.init else "",
         split=setting("dataset", "train_split"),
         held_out=setting("dataset", "val_split"),
         device=setting("device"),
@@ -56,10 +56,10 @@ rule train_cam:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss train-cam --manifest {input.manifest} --out {output.model}"
-        " --state-dir {params.state} --split {params.split} --held-out {params.held_out}"
-        " --device {params.device} {params.init}"
-        " {params.flags} > {log} 2>&1"
+        "wsss train-cam --manifest {input.manifest:q} --out {output.model:q}"
+        " --state-dir {params.state:q} --split {params.split:q} --held-out {params.held_out:q}"
+        " --device {params.device:q} {params.init}"
+        " {params.flags} > {log:q} 2>&1"
 
 
 rule infer_cam:
@@ -84,9 +84,9 @@ rule infer_cam:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss infer-cam --manifest {input.manifest} --model {input.model} --out {output.maps}"
-        " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split}"
-        " --device {params.device} {params.flags} > {log} 2>&1"
+        "wsss infer-cam --manifest {input.manifest:q} --model {input.model:q} --out {output.maps:q}"
+        " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split:q}"
+        " --device {params.device:q} {params.flags} > {log:q} 2>&1"
 
 
 rule eval_cam:
@@ -105,5 +105,6 @@ rule eval_cam:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss eval-maps --manifest {input.manifest} --maps {input.maps} --out {output.metrics}"
-        " --stage cam --split {params.split} {params.flags} > {log} 2>&1"
+        "wsss eval-maps --manifest {input.manifest:q} --maps {input.maps:q}"
+        " --out {output.metrics:q}"
+        " --stage cam --split {params.split:q} {params.flags} > {log:q} 2>&1"

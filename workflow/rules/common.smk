@@ -5,12 +5,19 @@
 # settings agree with E's up to that artefact (wsss.experiments.owner), so each distinct
 # artefact is computed once.
 
+import fcntl
+import functools
+import json
 import os
 import re
+import shlex
+import socket
 import sys
+import time
 
 from wsss import experiments, pipeline
 from wsss.config_check import check_config
+from wsss.stages.prepare_dataset import dataset_files, dataset_listing
 
 # Jobs call `wsss`: find it next to the Python that runs Snakemake (a conda env, when
 # used, is activated inside the job and comes first).
@@ -27,6 +34,12 @@ for _exp in EXPERIMENTS.values():
         raise ValueError(f"experiment '{_exp.path}': {err}") from err
 COMPARE = bool(config.get("experiments"))
 COMPARISON = f"{RESULTS}/{config['run']}/comparison"
+# Every demo dataset the experiments read: directory -> demo settings (wsss.experiments
+# gives an experiment whose demo settings differ from the base config's its own).
+DEMOS = experiments.demo_datasets(EXPERIMENTS)
+# The run's directory, locked while a run writes into it (lock_results).
+RUN_DIR = f"{RESULTS}/{config['run']}"
+RESULTS_LOCK = os.path.join(RUN_DIR, ".lock")
 
 
 wildcard_constraints:
@@ -63,16 +76,17 @@ def manifest(wildcards) -> str:
 
 def flags(section: dict) -> str:
     """`--key value` for every entry of a config section (lists space-separated,
-    booleans as --key / --no-key), the form every `wsss <stage>` command accepts."""
+    booleans as --key / --no-key), the form every `wsss <stage>` command accepts; each
+    value quoted for the shell (a weights path with a space stays one argument)."""
     parts = []
     for key, value in section.items():
         name = key.replace("_", "-")
         if isinstance(value, bool):
             parts.append(f"--{name}" if value else f"--no-{name}")
         elif isinstance(value, (list, tuple)):
-            parts.append(f"--{name} {' '.join(str(v) for v in value)}")
+            parts.append(f"--{name} {' '.join(shlex.quote(str(v)) for v in value)}")
         else:
-            parts.append(f"--{name} {value}")
+            parts.append(f"--{name} {shlex.quote(str(value))}")
     return " ".join(parts)
 
 
@@ -109,16 +123,107 @@ def bench(name: str) -> str:
     return f"{RESULTS}/{{exp}}/benchmarks/{name}.tsv"
 
 
-def dataset_root(wildcards) -> list[str]:
-    """The generated demo dataset, when the experiment uses it (an input to wait for)."""
+def dataset_inputs(wildcards) -> list[str]:
+    """What the manifest is made from: the generated demo dataset (made by its make_demo
+    rule), or a dataset's split files, class list, label CSV or annotation JSON files, so
+    that editing one of them makes the manifest stale."""
     data = cfg(wildcards)["dataset"]
-    return [data["root"]] if data["kind"] == "demo" else []
+    if data["kind"] == "demo":
+        return [data["root"]]
+    return dataset_files(data["kind"], data["root"], data["options"])
 
 
-def dataset_splits(wildcards) -> str:
+@functools.cache
+def _listing(kind: str, root: str, options: str) -> str:
+    return dataset_listing(kind, root, json.loads(options))
+
+
+def dataset_listing_of(wildcards) -> str:
+    """A digest of the names, sizes and times of a dataset's image and mask files (a
+    param: an image added, removed or replaced makes the manifest stale); none for the
+    demo dataset, which its make_demo rule writes."""
+    data = cfg(wildcards)["dataset"]
+    if data["kind"] == "demo":
+        return ""
+    return _listing(data["kind"], data["root"], json.dumps(data["options"], sort_keys=True))
+
+
+def demo_rule_name(root: str) -> str:
+    """The name of the job that makes a demo dataset: make_demo for the base config's,
+    make_demo_<x> for an experiment's own (<base root>-<x>, given by wsss.experiments)."""
+    base = config["dataset"]["root"]
+    if root == base:
+        return "make_demo"
+    prefix = f"{os.path.normpath(base)}-"
+    tag = root[len(prefix) :] if root.startswith(prefix) else root
+    return "make_demo_{}".format(re.sub(r"\W", "_", tag))
+
+
+# ---- one run at a time in a run's directory ------------------------------------------------
+# Snakemake locks a working directory; two runs from different working directories (or
+# machines) on one results directory would both write it. The main Snakemake process takes
+# an flock on <results>/<run>/.lock when it starts its jobs (onstart: not for dry runs nor
+# in the processes of cluster jobs, which run with --no-hooks) and keeps it until it exits;
+# the kernel releases it when the process dies, so the lock of a killed run is taken over.
+_HELD: dict[str, int] = {}
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return (
+            f"PID {info['pid']} on {info['host']}, working directory {info['cwd']}, "
+            f"since {info['since']}"
+        )
+    except (ValueError, KeyError, TypeError):
+        return "a process that left no details"
+
+
+def lock_results() -> None:
+    """Lock the run's directory for this process, or stop naming the run that holds it."""
+    from snakemake.exceptions import WorkflowError
+
+    os.makedirs(RUN_DIR, exist_ok=True)
+    fd = os.open(RESULTS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+        os.close(fd)
+        raise WorkflowError(
+            f"{RUN_DIR}: another run is writing into this results directory ({holder}); "
+            "wait for it to end, or give this run another results: or run:"
+        ) from None
+    left = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+    if left:
+        print(
+            f"{RUN_DIR}: taking over the lock of a run that ended without releasing it "
+            f"({_holder(left)}; no longer running)",
+            file=sys.stderr,
+        )
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "cwd": os.getcwd(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    _HELD["fd"] = fd
+
+
+def unlock_results() -> None:
+    """Release the run's directory (empty the lock file: no run holds it)."""
+    fd = _HELD.pop("fd", None)
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def dataset_splits(wildcards) -> list[str]:
     """Every split the experiment uses, once each."""
     data = cfg(wildcards)["dataset"]
-    return " ".join(dict.fromkeys([data["train_split"], data["eval_split"], data["val_split"]]))
+    return list(dict.fromkeys([data["train_split"], data["eval_split"], data["val_split"]]))
 
 
 def seg_labels(wildcards) -> list[str]:
@@ -175,8 +280,10 @@ def examples_input(wildcards) -> dict:
 def examples_flags(wildcards, input) -> str:
     """`wsss figure` flags for the panel's columns between the image and its prediction."""
     columns = {"aff": "affinity labels", "pseudo": "pseudo-mask", "masks": "WS-FCN mask"}
-    labels = [f"'{title}={d}'" for key, title in columns.items() for d in input.get(key, [])]
-    cams = input.get("cams", [])
+    labels = [
+        shlex.quote(f"{title}={d}") for key, title in columns.items() for d in input.get(key, [])
+    ]
+    cams = [shlex.quote(path) for path in input.get("cams", [])]
     return (f"--maps {' '.join(cams)} " if cams else "") + f"--labels {' '.join(labels)}"
 
 

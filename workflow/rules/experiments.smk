@@ -45,4 +45,4 @@ rule compare:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss compare --plan {input.plan} --out {params.out} > {log} 2>&1"
+        "wsss compare --plan {input.plan:q} --out {params.out:q} > {log:q} 2>&1"

@@ -40,8 +40,8 @@ rule report_figures:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss report-figures --metrics {input.metrics} --histories {params.histories}"
-        " --table {output.table} --plot {output.plot} --curves {output.curves} > {log} 2>&1"
+        "wsss report-figures --metrics {input.metrics:q} --histories {params.histories:q}"
+        " --table {output.table:q} --plot {output.plot:q} --curves {output.curves:q} > {log:q} 2>&1"
 
 
 rule report_examples:
@@ -73,7 +73,7 @@ rule report_examples:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss figure --manifest {input.manifest} --split {params.split} --out {output.panel}"
-        " {params.columns} --model {input.model} --count 6"
-        " --gallery {output.gallery}"
-        " > {log} 2>&1"
+        "wsss figure --manifest {input.manifest:q} --split {params.split:q} --out {output.panel:q}"
+        " {params.columns} --model {input.model:q} --count 6"
+        " --gallery {output.gallery:q}"
+        " > {log:q} 2>&1"

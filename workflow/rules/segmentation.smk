@@ -31,10 +31,10 @@ rule train_seg:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss train-seg --manifest {input.manifest} --labels {input.labels}"
-        " --out {output.model} --state-dir {params.state} --supervision {params.supervision}"
-        " --split {params.split} --held-out {params.held_out} --device {params.device}"
-        " {params.flags} > {log} 2>&1"
+        "wsss train-seg --manifest {input.manifest:q} --labels {input.labels:q}"
+        " --out {output.model:q} --state-dir {params.state:q} --supervision {params.supervision}"
+        " --split {params.split:q} --held-out {params.held_out:q} --device {params.device:q}"
+        " {params.flags} > {log:q} 2>&1"
 
 
 rule infer_seg:
@@ -59,9 +59,10 @@ rule infer_seg:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss infer-seg --manifest {input.manifest} --model {input.model} --out {output.labels}"
-        " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split}"
-        " --device {params.device} {params.flags} > {log} 2>&1"
+        "wsss infer-seg --manifest {input.manifest:q} --model {input.model:q}"
+        " --out {output.labels:q}"
+        " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split:q}"
+        " --device {params.device:q} {params.flags} > {log:q} 2>&1"
 
 
 rule eval_seg:
@@ -79,5 +80,6 @@ rule eval_seg:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss eval-labels --manifest {input.manifest} --labels {input.labels}"
-        " --out {output.metrics} --stage {wildcards.model} --split {params.split} > {log} 2>&1"
+        "wsss eval-labels --manifest {input.manifest:q} --labels {input.labels:q}"
+        " --out {output.metrics:q} --stage {wildcards.model}"
+        " --split {params.split:q} > {log:q} 2>&1"

@@ -30,9 +30,9 @@ rule train_wsfcn:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss train-wsfcn --manifest {input.manifest} --out {output.model}"
-        " --state-dir {params.state} --split {params.split} --held-out {params.held_out}"
-        " --device {params.device} {params.flags} > {log} 2>&1"
+        "wsss train-wsfcn --manifest {input.manifest:q} --out {output.model:q}"
+        " --state-dir {params.state:q} --split {params.split:q} --held-out {params.held_out:q}"
+        " --device {params.device:q} {params.flags} > {log:q} 2>&1"
 
 
 rule infer_wsfcn:
@@ -58,9 +58,10 @@ rule infer_wsfcn:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss infer-seg --manifest {input.manifest} --model {input.model} --out {output.labels}"
-        " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split}"
-        " {params.present} --device {params.device} {params.flags} > {log} 2>&1"
+        "wsss infer-seg --manifest {input.manifest:q} --model {input.model:q}"
+        " --out {output.labels:q}"
+        " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split:q}"
+        " {params.present} --device {params.device:q} {params.flags} > {log:q} 2>&1"
 
 
 rule eval_wsfcn:
@@ -78,6 +79,6 @@ rule eval_wsfcn:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss eval-labels --manifest {input.manifest} --labels {input.labels}"
-        " --out {output.metrics} --stage wsfcn_{wildcards.part} --split {params.split}"
-        " > {log} 2>&1"
+        "wsss eval-labels --manifest {input.manifest:q} --labels {input.labels:q}"
+        " --out {output.metrics:q} --stage wsfcn_{wildcards.part} --split {params.split:q}"
+        " > {log:q} 2>&1"

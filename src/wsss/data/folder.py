@@ -10,11 +10,16 @@ Layout under ``root``::
 ``labels`` is a ``;``-separated list of class names (may be empty); ``split`` defaults to
 "train". The class list is the ``classes`` argument, else ``classes.txt``, else the sorted
 names found in the CSV. Labels always come from the CSV, also for images with a mask.
+
+Images may lie in subfolders of ``images/``: the CSV names them by their path under it
+(``cats/001.jpg``, id ``cats/001``, mask ``masks/cats/001.png``). Image files under
+``images/`` that the CSV does not list are not used; a warning names them.
 """
 
 from __future__ import annotations
 
 import csv as csv_module
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +30,10 @@ from wsss.data.voc import read_classes
 
 REQUIRED_COLUMNS = ("image", "labels")
 DEFAULT_SPLIT = "train"
+# Unlisted image files named in the warning (the count says how many there are).
+SHOWN = 10
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,54 @@ def build(
     for row in rows:
         labels = sorted({class_index(n, class_names, f"{csv_path}:{row.line}") for n in row.names})
         splits.setdefault(row.split, []).append(_record(root, row, tuple(labels)))
+    _warn_unlisted(root, rows, csv_path)
     return Manifest(name, class_names, has_background, splits)
+
+
+def split_label_names(
+    root: str | os.PathLike[str], split: str, csv: str = "labels.csv"
+) -> list[tuple[str, ...]]:
+    """The sorted label names of each image of ``split``, from the CSV alone (cheap: the
+    workflow's config check reads them before the first job)."""
+    rows = _read_rows(Path(root) / csv)
+    return [tuple(sorted(set(row.names))) for row in rows if row.split == split]
+
+
+def _warn_unlisted(root: Path, rows: list[_Row], csv_path: Path) -> None:
+    """Warn about image files under ``images/`` (any depth) that the CSV does not list."""
+    from PIL import Image
+
+    folder = root / "images"
+    if not folder.is_dir():
+        return
+    suffixes = {s.lower() for s in Image.registered_extensions()}
+    listed = {str(PurePosixPath(row.image)) for row in rows}
+    unlisted = sorted(
+        relative
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in suffixes
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and (relative := path.relative_to(folder).as_posix()) not in listed
+    )
+    if not unlisted:
+        return
+    nested = [p for p in unlisted if "/" in p]
+    hint = (
+        f"; {len(nested)} of them in subfolders: list those by their path under images/, "
+        f"e.g. {nested[0]}"
+        if nested
+        else ""
+    )
+    shown = ", ".join(unlisted[:SHOWN]) + (", ..." if len(unlisted) > SHOWN else "")
+    log.warning(
+        "%s: %d image files under %s are not in this CSV and are not used: %s%s",
+        csv_path,
+        len(unlisted),
+        folder,
+        shown,
+        hint,
+    )
 
 
 def _read_rows(path: Path) -> list[_Row]:

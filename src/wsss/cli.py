@@ -77,14 +77,31 @@ def values_of(cls: type, args: argparse.Namespace) -> object:
     return cls(**values)
 
 
+def _version() -> str:
+    """The installed package's version (its metadata, from pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wsss")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser(stages: dict[str, Stage] | None = None) -> argparse.ArgumentParser:
     """The ``wsss`` parser: a subcommand per stage."""
+    from wsss.errors import EXIT_CODES_HELP
+
     parser = argparse.ArgumentParser(
         prog="wsss",
-        description="Weakly-supervised semantic segmentation from image-level labels: one "
+        description="Weakly-supervised semantic segmentation from image-level labels: one\n"
         "command per pipeline stage ('wsss COMMAND --help' lists its flags and defaults).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    parser.add_argument(
+        "--version", action="version", version=f"wsss {_version()}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in (stages or registry()).values():
         p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
@@ -96,14 +113,15 @@ def build_parser(stages: dict[str, Stage] | None = None) -> argparse.ArgumentPar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, run the stage, and turn expected errors into one line on stderr (exit 2)."""
+    """Parse, run the stage, and turn expected errors into one line on stderr, with the
+    exit code of their kind (:mod:`wsss.errors`: 2 usage, 3 input, 4 training health)."""
     args = build_parser().parse_args(argv)
     stage: Stage = args._stage
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from wsss.errors import MissingDependency, TrainingFailed
+    from wsss.errors import EXIT_INTERRUPTED, exit_code
 
     io = values_of(stage.io, args)
     params = values_of(stage.params, args) if stage.params is not None else None
@@ -114,14 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             claim()
         stage.run(io, params)
-    except (OSError, ValueError, KeyError, TrainingFailed, MissingDependency) as err:
-        # DatasetError, StoreError, ModelFileError and ConfigError are ValueErrors; an
-        # OSError (missing file, full disk, a file where a folder should be) names its path.
-        if args.verbose:
+    except KeyboardInterrupt:
+        print(f"wsss {stage.name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        code = exit_code(err)
+        if code is None:
             raise
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"wsss {stage.name}: error: {message}", file=sys.stderr)
-        return 2
+        return code
     return 0
 
 

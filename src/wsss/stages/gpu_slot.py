@@ -1,5 +1,6 @@
-"""Stage: run any command on a free GPU of this machine, the slot every GPU stage claims
-(:mod:`wsss.gpu_slots`)."""
+"""Stage: run any command on a free GPU, the slot every GPU stage claims
+(:mod:`wsss.gpu_slots`): one of ``$WSSS_GPUS``, of an existing ``$CUDA_VISIBLE_DEVICES``
+(a SLURM allocation's), or of the devices ``nvidia-smi`` lists."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ class IO:
 
 def run(io: IO, params: None = None) -> None:
     """Replace this process by ``io.cmd`` with ``CUDA_VISIBLE_DEVICES`` set to a free GPU."""
+    from wsss.errors import UsageError
     from wsss.gpu_slots import exec_on_slot
 
     cmd = list(io.cmd[1:] if io.cmd[:1] == ("--",) else io.cmd)
     if not cmd:
-        raise ValueError("gpu-slot needs a command to run, e.g. wsss gpu-slot -- nvidia-smi")
+        raise UsageError("gpu-slot needs a command to run, e.g. wsss gpu-slot -- nvidia-smi")
     exec_on_slot(cmd)
 
 
-STAGE = Stage("gpu-slot", "run a command on a free GPU of this machine", IO, None, run)
+STAGE = Stage(
+    "gpu-slot", "run a command on a free GPU of this machine or allocation", IO, None, run
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,11 +215,9 @@ SECTIONS = {
     "seg.train": "wsss.stages.train_seg:Params",
     "seg.infer": "wsss.settings:SegmentParams",
     "wsfcn.train": "wsss.stages.train_wsfcn:Params",
-    "wsfcn.infer": "wsss.settings:SegmentParams",
+    "wsfcn.infer": "wsss.stages.infer_wsfcn:Params",
     "demo": "wsss.stages.make_demo:Params",
 }
-# Defaults of a section that are its method's reference rather than the shared stage's.
-METHOD_DEFAULTS = {"wsfcn.infer": {"scales": (1.0, 0.5, 1.5, 2.0)}}
 # Params fields a rule sets itself rather than from the config section (and the flag it uses).
 SET_BY_RULE = {"seg.train": {"supervision": "--supervision {params.supervision}"}}
 # Keys of a section that the rules read themselves and do not pass on as flags (and the
@@ -264,7 +263,7 @@ def test_same_compares_settings() -> None:
 @pytest.mark.parametrize("section", SECTIONS)
 def test_schema_defaults_are_the_stage_defaults(section: str) -> None:
     properties = schema_section(section)
-    fields = {**params_of(SECTIONS[section]), **METHOD_DEFAULTS.get(section, {})}
+    fields = params_of(SECTIONS[section])
     rule_set = SET_BY_RULE.get(section, {})
     differences = [
         (key, spec["default"], fields[key])
@@ -286,3 +285,22 @@ def test_fields_set_by_rules_are_passed_by_the_rule() -> None:
     for fields in (*SET_BY_RULE.values(), *READ_BY_RULES.values()):
         for flag in fields.values():
             assert flag in rules
+
+
+@pytest.mark.parametrize("device, gpus", [("cpu", 0), ("auto", 1)])
+def test_a_cpu_run_requests_no_gpu_even_with_the_slurm_profile(
+    tmp_path: Path, device: str, gpus: int
+) -> None:
+    """Every network job asks for a GPU (Snakemake's ``gpu`` resource, --gpus=1 on SLURM)
+    unless the run's device is the CPU: then none does, so a cluster queues it as a CPU job."""
+    proc = dry_run(
+        tmp_path, {"device": device}, "--workflow-profile", str(REPO / "profiles/slurm"), "--cores", "2"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    requests = re.findall(r"resources: .*", proc.stdout)
+    assert requests, proc.stdout[-2000:]
+    asking = [r for r in requests if re.search(r"\bgpu=1\b", r)]
+    if gpus:
+        assert len(asking) >= 5  # CAM and AffinityNet training, CAM inference, random walk, ...
+    else:
+        assert asking == []

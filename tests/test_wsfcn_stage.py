@@ -133,7 +133,7 @@ def test_the_hfpl_add_on_acts_on_the_classification_branch(
     tiny_manifest: Path, tmp_path: Path
 ) -> None:
     params = replace(
-        FAST, sampling_weight=0.2, similarity_weight=1.0, similarity_sigma=1.0, health="ignore"
+        FAST, sampling_weight=0.2, similarity_weight=1.0, similarity_sigma=4.0, health="ignore"
     )
     io = train_io(tiny_manifest, tmp_path)
     train_wsfcn.run(io, params)
@@ -182,15 +182,16 @@ def test_the_health_check_reads_the_classification_term_after_the_first_epochs(
 
 def test_the_shifted_class_logits_give_hfpl_the_masks() -> None:
     """The add-on reads the class logits less the background logit: its multinomial posterior
-    is then WS-FCN's masks, its binomial one is above 1/2 where a class beats the background."""
+    is then WS-FCN's masks (channel 0: the background), its binomial one is positive where a
+    class beats the background."""
     torch.manual_seed(0)
     out = single_stage.single_stage_output(torch.randn(2, 3, 5, 5) * 3, background=True)
     shifted = out.class_logits - single_stage.BACKGROUND_LOGIT
     present = torch.ones(2, 3)
     multinomial = hfpl.class_maps(shifted, present, hfpl.AddOn(posterior="multinomial"))
-    torch.testing.assert_close(multinomial, out.masks[:, 1:])
+    torch.testing.assert_close(multinomial, out.masks)
     binomial = hfpl.class_maps(shifted, present, hfpl.AddOn(posterior="binomial"))
-    assert torch.equal(binomial > 0.5, out.masks[:, 1:] > out.masks[:, :1])
+    assert torch.equal(binomial[:, 1:] > 0, out.masks[:, 1:] > out.masks[:, :1])
 
 
 def test_classification_epochs_must_leave_an_epoch_for_the_mask_loss(

@@ -59,6 +59,13 @@ class TrainParams:
         5.0, "points by which the final held-out score must beat its trivial prior"
     )
 
+    def augmentation(self):
+        """The training augmentation (:class:`wsss.data.datasets.Augment`) these settings
+        describe: rescale by ``scale_range``, flip, jitter, a padded square crop."""
+        from wsss.data.datasets import Augment
+
+        return Augment(self.crop_size, self.scale_range, True, self.jitter)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierParams:
@@ -146,6 +153,9 @@ class TrainIO:
         "val", "split whose images score the training's health after every epoch ('': none)"
     )
     device: str = arg("auto", DEVICE_HELP)
+    snapshots: tuple[int, ...] = arg(
+        (), "also write the model file after these epochs, as <out>-epoch<K>.pt (learning curves)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -61,7 +61,7 @@ rule train_aff:
         state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
     resources:
-        gpu=1,
+        gpu=gpu_request,
         **config["resources"]["train"],
     log:
         log("train_aff"),
@@ -90,7 +90,7 @@ rule random_walk:
         num_shards=setting("num_shards"),
     threads: config["threads"]["shard"]
     resources:
-        gpu=1,
+        gpu=gpu_request,
         **config["resources"]["shard"],
     log:
         log("random_walk-{shard}"),

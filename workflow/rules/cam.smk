@@ -17,7 +17,7 @@ rule train_cam_stage:
         state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
     resources:
-        gpu=1,
+        gpu=gpu_request,
         **config["resources"]["train"],
     log:
         log("train_cam_stage-{stage}"),
@@ -47,7 +47,7 @@ rule train_cam:
         state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
     resources:
-        gpu=1,
+        gpu=gpu_request,
         **config["resources"]["train"],
     log:
         log("train_cam"),
@@ -75,7 +75,7 @@ rule infer_cam:
         num_shards=setting("num_shards"),
     threads: config["threads"]["shard"]
     resources:
-        gpu=1,
+        gpu=gpu_request,
         **config["resources"]["shard"],
     log:
         log("infer_cam-{shard}"),

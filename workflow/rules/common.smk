@@ -53,6 +53,12 @@ def cfg(wildcards) -> dict:
     return EXPERIMENTS[wildcards.exp].config
 
 
+def gpu_request(wildcards) -> int:
+    """The GPUs a network job of the experiment asks for (Snakemake's ``gpu`` resource, a
+    SLURM profile's --gpus): one, or none when its ``device`` is cpu."""
+    return 0 if str(cfg(wildcards)["device"]) == "cpu" else 1
+
+
 def out(relative: str) -> str:
     """An output path of the job's own experiment."""
     return f"{RESULTS}/{{exp}}/{relative}"

@@ -22,7 +22,7 @@ rule train_seg:
         state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
     resources:
-        gpu=1,
+        gpu=gpu_request,
         **config["resources"]["train"],
     log:
         log("train_{model}"),
@@ -50,7 +50,7 @@ rule infer_seg:
         num_shards=setting("num_shards"),
     threads: config["threads"]["shard"]
     resources:
-        gpu=1,
+        gpu=gpu_request,
         **config["resources"]["shard"],
     log:
         log("infer_{model}-{shard}"),

@@ -21,7 +21,7 @@ rule train_wsfcn:
         state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
     threads: config["threads"]["train"]
     resources:
-        gpu=1,
+        gpu=gpu_request,
         **config["resources"]["train"],
     log:
         log("train_wsfcn"),
@@ -49,7 +49,7 @@ rule infer_wsfcn:
         num_shards=setting("num_shards"),
     threads: config["threads"]["shard"]
     resources:
-        gpu=1,
+        gpu=gpu_request,
         **config["resources"]["shard"],
     log:
         log("infer_wsfcn_{part}-{shard}"),
@@ -58,7 +58,7 @@ rule infer_wsfcn:
     conda:
         "../../envs/wsss.yaml"
     shell:
-        "wsss infer-seg --manifest {input.manifest:q} --model {input.model:q}"
+        "wsss infer-wsfcn --manifest {input.manifest:q} --model {input.model:q}"
         " --out {output.labels:q}"
         " --shard {wildcards.shard} --num-shards {params.num_shards} --split {params.split:q}"
         " {params.present} --device {params.device:q} {params.flags} > {log:q} 2>&1"

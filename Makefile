@@ -38,6 +38,15 @@ test: $(STAMP)
 test-packaging: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m packaging tests/test_packaging.py
 
+# The workflow on a real single-node SLURM (tests/test_slurm.py): installs Debian's
+# slurm-wlm and munge first where they are missing (root and apt-get needed; nothing else
+# installs them), then the test starts the daemons with two fake GPUs, runs the workflow
+# through sbatch and stops them (about 6 minutes). `make test` skips it.
+.PHONY: test-slurm
+test-slurm: $(STAMP)
+	tools/install-slurm.sh
+	WSSS_TEST_SLURM=1 $(BIN)/python -m pytest -rs --durations=5 tests/test_slurm.py
+
 # The package's dependencies with its workflow and test extras, pinned with hashes.
 lock: $(STAMP)
 	$(BIN)/python tools/lock.py --out requirements.lock

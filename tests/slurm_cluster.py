@@ -1,7 +1,9 @@
 """A real single-node SLURM for the tests: Debian's slurm-wlm and munge, two fake GPUs.
 
-``start_cluster(dir)`` installs the packages when they are missing (root and apt-get
-needed), writes slurm.conf and gres.conf under ``dir``, starts munged (unless one runs),
+Nothing is installed here: ``make test-slurm`` installs the packages first
+(``tools/install-slurm.sh``, root and apt-get) and sets ``WSSS_TEST_SLURM=1``; elsewhere
+(``make test``) the test is skipped with the reason, and the machine is left as it is.
+``start_cluster(dir)`` writes slurm.conf and gres.conf, starts munged (unless one runs),
 slurmctld and slurmd, and waits until the node takes jobs. ``stop()`` stops by PID the
 daemons it started and removes the configuration. The daemons listen on loopback only
 (ports 6817 / 6818). The configuration goes to /etc/slurm, where every SLURM command looks:
@@ -19,35 +21,32 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
 ETC = Path("/etc/slurm")
 MARK = "# written by the wsss test suite\n"
+OPT_IN = "WSSS_TEST_SLURM"  # set by `make test-slurm`
 
 
 def unavailable_reason() -> str | None:
-    """Why a SLURM cannot be started here, or None when it can."""
+    """Why the SLURM test does not run here, or None when it does."""
+    missing = [d for d in DAEMONS if not Path(d).exists()]
+    missing += [] if shutil.which("sbatch") else ["sbatch"]
+    if missing:
+        return (
+            f"{', '.join(Path(m).name for m in missing)} not installed; `make test-slurm` "
+            "installs slurm-wlm and munge (as root, with apt-get) and runs this test"
+        )
+    if os.environ.get(OPT_IN) != "1":
+        return (
+            "it starts SLURM daemons and writes /etc/slurm: it runs under `make test-slurm` "
+            f"(or with {OPT_IN}=1)"
+        )
     if os.name != "posix" or os.geteuid() != 0:
         return "starting SLURM daemons needs root"
     conf = ETC / "slurm.conf"
     if conf.exists() and not conf.read_text().startswith(MARK):
         return f"{conf} exists: this machine has its own SLURM, which the test does not touch"
-    if all(Path(d).exists() for d in DAEMONS) and shutil.which("sbatch"):
-        return None
-    if shutil.which("apt-get") is None:
-        return "slurm-wlm / munge are not installed and there is no apt-get to install them"
     return None
-
-
-def install() -> None:
-    """apt-get install slurm-wlm munge (updating the package lists if the first try fails)."""
-    if all(Path(d).exists() for d in DAEMONS) and shutil.which("sbatch"):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-q", *PACKAGES]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-        subprocess.run(cmd, env=env, capture_output=True, check=True)
 
 
 SLURM_CONF = (
@@ -118,8 +117,8 @@ def _pid_from(path: Path, timeout: float = 30.0) -> int:
 
 
 def start_cluster(directory: Path, cpus: int = 2) -> Cluster:
-    """Install (if needed) and start munged, slurmctld and slurmd with two fake GPUs."""
-    install()
+    """Start munged, slurmctld and slurmd with two fake GPUs (installed beforehand:
+    ``tools/install-slurm.sh``)."""
     directory.mkdir(parents=True, exist_ok=True)
     for sub in ("state", "spool", "dev"):
         (directory / sub).mkdir(exist_ok=True)

@@ -2,8 +2,9 @@
 
 The cluster command is the README's, ``snakemake --workflow-profile profiles/slurm``, with a
 reduced demo config; its outputs must equal those of a local run
-(``--workflow-profile profiles/local``) of the same config. Skipped, saying why, where the
-daemons cannot be started (not root, no apt-get).
+(``--workflow-profile profiles/local``) of the same config. It runs under
+``make test-slurm``, which installs SLURM first (``tools/install-slurm.sh``); elsewhere, and
+where SLURM is missing or the daemons cannot be started (not root), it is skipped saying why.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from test_workflow import TINY, planned_jobs
 
 REPO = Path(__file__).resolve().parent.parent
 REASON = unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no SLURM: {REASON}")
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"SLURM test skipped: {REASON}")
 
 # One thread per job in both runs, so that both compute the same numbers; memory and time
 # within what the one test node offers.
@@ -111,8 +112,10 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(
     train_logs = list(run.glob("logs/train_*.log"))
     assert len(train_logs) == 4  # cam, aff, seg, seg_full
     for log in train_logs + list(run.glob("logs/infer_*.log")):
-        # GPU jobs got a device from SLURM's gres (--gpus=1) and kept it.
-        assert re.search(r"CUDA_VISIBLE_DEVICES=[01] already set", log.read_text()), log
+        # GPU jobs got a device from SLURM's gres (--gpus=1) and kept it, its lock in a
+        # folder of its own SLURM job.
+        claimed = r"GPU: claimed device ([01]) of \1 from CUDA_VISIBLE_DEVICES \(lock "
+        assert re.search(claimed + r".*/slurm-job-\d+/gpu\1\.lock\)", log.read_text()), log
 
     # The same numbers and the same masks as the local run.
     local = tmp_path / "local/results/tiny"

@@ -132,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             claim()
         stage.run(io, params)
+        sys.stdout.flush()  # a reader that stopped early (wsss inspect F | head) shows here
+    except BrokenPipeError:
+        # The reader of the output went away: stop quietly, with nothing left to flush.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print(f"wsss {stage.name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

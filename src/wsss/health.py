@@ -114,6 +114,26 @@ class Problem:
         return f"{self.what}. Seen: {self.seen}. Try: {self.advice}."
 
 
+# An epoch's mean loss above this many times the first step's (at least 1) has exploded: a
+# training that learns lowers its loss, and one at a sane learning rate never multiplies it.
+EXPLODED = 1000.0
+
+
+def weights_problem(names: Sequence[str], advice_prefix: str = "cam.train") -> list[Problem]:
+    """A problem when a trained network has weights that are not finite (``names``: the
+    tensors that hold a NaN or an infinity; empty: none)."""
+    if not names:
+        return []
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return [
+        Problem(
+            "the trained weights are not finite",
+            f"NaN or inf in {shown}",
+            _lower_lr(advice_prefix),
+        )
+    ]
+
+
 def _lower_lr(prefix: str) -> str:
     return (
         f"lower the learning rate (e.g. {prefix}.lr 0.001) or lengthen the warm-up "
@@ -135,6 +155,7 @@ def check_history(
     window: int = 3,
     advice_prefix: str = "cam.train",
     prior_name: str = "the label frequencies alone",
+    start_loss: float | None = None,
 ) -> list[Problem]:
     """Problems in a training run so far (empty list: healthy).
 
@@ -144,6 +165,8 @@ def check_history(
     config section of the network concerned (e.g. ``"cam.train"``), named in the advice.
 
     - a non-finite loss, naming the (1-based) epochs;
+    - an exploded loss: an epoch's mean above :data:`EXPLODED` times ``start_loss`` (the
+      loss of the first training step, the untrained network's; at least 1), where given;
     - a rising loss: with more than ``window`` epochs, the mean of the last ``window`` is
       more than 5 % above the best trailing ``window``-epoch mean (fewer epochs at the
       start) of the epochs before them, and the last epoch's loss is above the lowest of
@@ -160,6 +183,20 @@ def check_history(
                 "training loss is not finite",
                 f"loss {_series(losses[i - 1] for i in bad)} at epoch(s) "
                 f"{', '.join(map(str, bad))}",
+                _lower_lr(advice_prefix),
+            )
+        )
+    elif start_loss is not None and np.isfinite(start_loss) and any(
+        v > EXPLODED * max(abs(start_loss), 1.0) for v in losses
+    ):
+        ceiling = EXPLODED * max(abs(start_loss), 1.0)
+        high = [i + 1 for i, v in enumerate(losses) if v > ceiling]
+        problems.append(
+            Problem(
+                "training loss exploded",
+                f"loss {_series(losses[i - 1] for i in high)} at epoch(s) "
+                f"{', '.join(map(str, high))}, above {ceiling:.3g} ({EXPLODED:g} times the "
+                f"first step's loss {start_loss:.3g})",
                 _lower_lr(advice_prefix),
             )
         )

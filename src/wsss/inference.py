@@ -28,6 +28,7 @@ def capped_scales(
 ) -> list[float]:
     """``scales`` with each one lowered so that the rescaled image has at most
     ``max_pixels`` pixels (0: no limit); the change is logged (``name``: the image)."""
+    check_scales(scales)
     if not max_pixels or height * width * max(scales) ** 2 <= max_pixels:
         return list(scales)
     top = math.sqrt(max_pixels / (height * width))
@@ -42,6 +43,19 @@ def capped_scales(
         ", ".join(f"{s:.3g}" for s in capped),
     )
     return capped
+
+
+def check_scales(scales: Sequence[float]) -> None:
+    """Refuse an empty list of scales or a scale that is not a positive finite number (a
+    scale of 0 or less gives a 1-pixel image and constant maps)."""
+    if len(scales) == 0:
+        raise ValueError("scales: at least one image scale is needed")
+    bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
+    if bad:
+        raise ValueError(
+            f"scales: {', '.join(f'{s:g}' for s in bad)} is not a positive image scale "
+            "(e.g. 0.5 halves the image, 1.0 keeps it)"
+        )
 
 
 @torch.no_grad()
@@ -80,6 +94,11 @@ def multiscale_cams(
             cams = cams[:1] + cams[1:].flip(-1)
         total += F.interpolate(cams, (height, width), mode="bilinear", align_corners=False)[0]
     peak = total.flatten(1).max(1).values.view(-1, 1, 1)
+    if not torch.isfinite(total).all():
+        raise ValueError(
+            f"{name or 'image'}: the CAMs of this image are not finite (NaN or inf): the CAM "
+            "network has diverged or is damaged (see the health.json beside its model file)"
+        )
     return total / (peak + 1e-5)
 
 

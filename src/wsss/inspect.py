@@ -28,15 +28,20 @@ def describe(path: str | os.PathLike[str], limit: int = 5) -> str:
 
 
 def _maps(path: Path, limit: int) -> str:
-    from wsss.store import MapsReader
+    """The shard's summary, after reading every image of it (:func:`wsss.store.verify`): a
+    damaged shard is an error that names the file and the image, not a summary."""
+    from wsss.store import MapsReader, verify
 
+    verify(path)
     with MapsReader([path]) as reader:
         f = reader.files[0]
         lines = [
             f"{path}: {reader.kind} maps, shard {f.attrs['shard'] + 1}/{f.attrs['num_shards']}, "
-            f"{len(reader.ids())} images",
+            f"{len(reader.ids())} images, all readable",
             f"labels ({'with' if reader.has_background else 'no'} background): "
             + ", ".join(reader.label_names),
+            f"written by the model {reader.model or '? (not recorded)'}"
+            + (f" from the CAMs of the model {reader.source}" if reader.source else ""),
         ]
         names = reader.label_names[1:] if reader.has_background else reader.label_names
         for image_id in reader.ids()[:limit]:
@@ -95,6 +100,7 @@ def _torch(path: Path) -> str:
                 f"labels ({len(data['label_names'])}): " + ", ".join(data["label_names"]),
                 f"trained {prov.get('epochs', '?')} epochs; written {prov.get('written', '?')}; "
                 f"settings fingerprint {prov.get('fingerprint', '?')}",
+                f"model fingerprint {data['fingerprint']} (kind, labels and weights)",
             ]
         )
     if isinstance(ckpt, dict) and "epoch" in ckpt:

@@ -5,6 +5,8 @@ Layout of one shard file (``cam/shard-K.h5``, ``rw/shard-K.h5``)::
     /                     attrs: format="wsss-maps", version=1, kind ("cam", "rw"),
                                  label_names (JSON list), has_background, shard, num_shards,
                                  stride, alphas (JSON list, may be empty),
+                                 model (fingerprint of the model that wrote the maps),
+                                 source (for "rw": the model fingerprint of the CAMs walked),
                                  num_images, complete=True (set last)
     /images/<id>/maps     float16 [K, h, w], gzip: one map per present class, in [0, 1]
     /images/<id>/classes  int16 [K]: 0-based foreground class index of each map
@@ -18,6 +20,13 @@ resolution (stride 1, h = H), refined maps on the feature grid (stride 8, h = ce
 the foreground maps (``(1 - max_c M_c) ** alpha``) where the maps are used. Ids containing
 '/' are stored with '%2F'. A shard is written under a temporary name and renamed when
 complete, so a file with the final name is always whole.
+
+Every dataset carries a Fletcher-32 checksum, so a file damaged after it was written is
+found when read (:meth:`MapsReader.__getitem__`, :func:`verify`: the error names the file
+and the image). Maps that are not finite are refused when added. A reader checks that its
+shards agree (kind, labels, model) and, given them, that they are of the kind, labels and
+model the reading stage expects. ``model`` and ``source`` are empty in files written
+before they were added; a check that needs them is then skipped.
 """
 
 from __future__ import annotations
@@ -40,6 +49,19 @@ VERSION = 1
 
 class StoreError(ValueError):
     """A maps file that is missing, incomplete or inconsistent (the message names it)."""
+
+
+def require_finite(values: np.ndarray, what: str) -> None:
+    """Refuse (ValueError naming ``what``) values that hold a NaN or an infinity: a
+    diverged or damaged network gives them, and every later step would carry them on."""
+    values = np.asarray(values)
+    if values.size and not np.isfinite(values).all():
+        bad = int(values.size - np.isfinite(values).sum())
+        raise StoreError(
+            f"{what}: {bad} of {values.size} values are not finite (NaN or inf); the network "
+            "that made them has diverged or is damaged (see the health.json beside its model "
+            "file)"
+        )
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,8 @@ class MapsWriter:
         num_shards: int,
         stride: int = 1,
         alphas: Sequence[float] = (),
+        model: str = "",
+        source: str = "",
     ):
         self.path = Path(path)
         self.tmp = temp_name(self.path)
@@ -114,6 +138,8 @@ class MapsWriter:
             "num_shards": num_shards,
             "stride": stride,
             "alphas": json.dumps([float(a) for a in alphas]),
+            "model": model,
+            "source": source,
         }
         self.num_alphas = len(alphas)
         self.count = 0
@@ -142,6 +168,9 @@ class MapsWriter:
             background is not None and background.shape != (self.num_alphas, *maps.shape[1:])
         ):
             raise ValueError(f"background of {image_id} does not match the alphas of the file")
+        require_finite(maps, f"{self.path}: maps of image '{image_id}'")
+        if background is not None:
+            require_finite(background, f"{self.path}: background of image '{image_id}'")
         self._check_space(maps.nbytes // 2 + (0 if background is None else background.nbytes // 2))
         group = self.images.create_group(_key(image_id))
         group.attrs["size"] = np.asarray(size or maps.shape[1:], dtype=np.int64)
@@ -152,9 +181,10 @@ class MapsWriter:
                     data=data.astype(np.float16),
                     compression="gzip",
                     compression_opts=4,
+                    fletcher32=bool(len(data)),
                     chunks=(1, *data.shape[1:]) if len(data) else None,
                 )
-        group.create_dataset("classes", data=np.asarray(classes, dtype=np.int16))
+        group.create_dataset("classes", data=np.asarray(classes, dtype=np.int16), fletcher32=True)
         self.file.flush()
         self.count += 1
 
@@ -185,28 +215,97 @@ class MapsWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-class MapsReader:
-    """Read the maps of many shards as one mapping id -> :class:`ImageMaps`."""
+# What every shard of one set of maps shares (compared across the shards a reader opens).
+SHARED = ("kind", "label_names", "has_background", "stride", "alphas", "num_shards", "model")
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]]):
+
+def _attr(f: h5py.File, name: str) -> object:
+    value = f.attrs.get(name, "")
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class MapsReader:
+    """Read the maps of many shards as one mapping id -> :class:`ImageMaps`.
+
+    The shards must agree on what :data:`SHARED` names (one set of maps of one model).
+    ``kind`` (a kind or kinds), ``label_names`` and ``model`` (a model fingerprint), when
+    given, are what the reading stage expects; a shard of another kind, of other labels or
+    written by another model (where the shard records its model) is refused.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        kind: str | Sequence[str] | None = None,
+        label_names: Sequence[str] | None = None,
+        model: str = "",
+    ):
         self.files: list[h5py.File] = []
         self.where: dict[str, h5py.File] = {}
-        for path in paths:
-            f = open_maps_file(path)
-            self.files.append(f)
-            for key in f["images"]:
-                image_id = key.replace("%2F", "/")
-                if image_id in self.where:
-                    raise StoreError(
-                        f"{path}: image '{image_id}' is also in {self.where[image_id].filename}"
-                    )
-                self.where[image_id] = f
+        try:
+            for path in paths:
+                f = open_maps_file(path)
+                self.files.append(f)
+                self._check(f, kind, label_names, model)
+                try:
+                    keys = list(f["images"])
+                except (KeyError, OSError, RuntimeError) as err:
+                    raise StoreError(f"{path}: damaged: its image index cannot be read ({err})")
+                for key in keys:
+                    image_id = key.replace("%2F", "/")
+                    if image_id in self.where:
+                        raise StoreError(
+                            f"{path}: image '{image_id}' is also in {self.where[image_id].filename}"
+                        )
+                    self.where[image_id] = f
+        except BaseException:
+            self.close()
+            raise
         first = self.files[0].attrs if self.files else {}
         self.kind = str(first.get("kind", ""))
         self.label_names: list[str] = json.loads(first["label_names"]) if self.files else []
         self.has_background = bool(first.get("has_background", False))
         self.stride = int(first.get("stride", 1))
         self.alphas: list[float] = json.loads(first.get("alphas", "[]")) if self.files else []
+        self.model = str(first.get("model", ""))
+        self.source = str(first.get("source", ""))
+
+    def _check(
+        self,
+        f: h5py.File,
+        kind: str | Sequence[str] | None,
+        label_names: Sequence[str] | None,
+        model: str,
+    ) -> None:
+        """Refuse a shard that does not match the first one, or what the stage expects."""
+        if self.files[0] is not f:
+            first = self.files[0]
+            for name in SHARED:
+                if _attr(f, name) != _attr(first, name):
+                    raise StoreError(
+                        f"{f.filename}: its {name} {_attr(f, name)!r} differs from "
+                        f"{_attr(first, name)!r} in {first.filename}: the shards are not "
+                        "of one set of maps"
+                    )
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
+        found = str(_attr(f, "kind"))
+        if kinds and found not in kinds:
+            raise StoreError(
+                f"{f.filename}: a shard of '{found}' maps, but {' or '.join(map(repr, kinds))} "
+                "maps are needed here"
+            )
+        labels = json.loads(_attr(f, "label_names") or "[]")
+        if label_names is not None and labels != list(label_names):
+            raise StoreError(
+                f"{f.filename}: maps of the labels {labels}, but the manifest has "
+                f"{list(label_names)}: they were made for another dataset"
+            )
+        written_by = str(_attr(f, "model"))
+        if model and written_by and written_by != model:
+            raise StoreError(
+                f"{f.filename}: maps written by the model {written_by}, not by the model "
+                f"given ({model})"
+            )
 
     def ids(self) -> list[str]:
         return sorted(self.where)
@@ -217,16 +316,26 @@ class MapsReader:
     def __getitem__(self, image_id: str) -> ImageMaps:
         if image_id not in self.where:
             raise StoreError(f"image '{image_id}' is in none of the maps files")
-        group = self.where[image_id]["images"][_key(image_id)]
-        background = group["background"][()].astype(np.float32) if "background" in group else None
-        return ImageMaps(
-            image_id,
-            group["maps"][()].astype(np.float32),
-            group["classes"][()],
-            background,
-            tuple(int(v) for v in group.attrs["size"]),
-            self.stride,
-        )
+        f = self.where[image_id]
+        try:
+            group = f["images"][_key(image_id)]
+            background = (
+                group["background"][()].astype(np.float32) if "background" in group else None
+            )
+            maps = group["maps"][()].astype(np.float32)
+            classes = group["classes"][()]
+            size = tuple(int(v) for v in group.attrs["size"])
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as err:
+            raise StoreError(
+                f"{f.filename}: damaged: the maps of image '{image_id}' cannot be read "
+                f"({' '.join(str(err).split())})"
+            ) from err
+        if maps.ndim != 3 or len(classes) != len(maps):
+            raise StoreError(
+                f"{f.filename}: damaged: image '{image_id}' has maps of shape {maps.shape} "
+                f"for {len(classes)} classes"
+            )
+        return ImageMaps(image_id, maps, classes, background, size, self.stride)
 
     def check_covers(self, ids: Sequence[str]) -> None:
         """Every id in ``ids`` is stored exactly once (duplicates were refused on open)."""
@@ -250,14 +359,33 @@ class MapsReader:
             yield self[image_id]
 
 
+def verify(path: str | os.PathLike[str]) -> int:
+    """Read every image of a shard (checksums, shapes, finite values); returns the number
+    of images, or raises :class:`StoreError` naming the file and the first damaged image."""
+    with MapsReader([path]) as reader:
+        for image_id in reader.ids():
+            item = reader[image_id]
+            require_finite(item.maps, f"{path}: maps of image '{image_id}'")
+            if item.background is not None:
+                require_finite(item.background, f"{path}: background of image '{image_id}'")
+        expected = reader.files[0].attrs.get("num_images")
+        if expected is not None and int(expected) != len(reader.ids()):
+            raise StoreError(
+                f"{path}: damaged: {len(reader.ids())} images stored, {int(expected)} written"
+            )
+        return len(reader.ids())
+
+
 def open_maps_file(path: str | os.PathLike[str]) -> h5py.File:
-    """Open a shard read-only, refusing a missing, foreign or incomplete file."""
+    """Open a shard read-only, refusing a missing, foreign, incomplete or damaged file."""
     if not os.path.isfile(path):
         raise StoreError(f"{path}: maps file is missing")
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise StoreError(f"{path}: not a readable HDF5 file ({err})") from err
+        reason = " ".join(str(err).split())
+        what = "damaged (cut short)" if "truncated file" in reason else "not a readable HDF5 file"
+        raise StoreError(f"{path}: {what} ({reason})") from err
     if f.attrs.get("format") != FORMAT or not f.attrs.get("complete", False):
         f.close()
         raise StoreError(f"{path}: not a complete {FORMAT} file")

@@ -24,7 +24,7 @@ from wsss.atomic import atomic_path, save_torch, write_json
 from wsss.common import autocast, pick_device, progress
 from wsss.data.datasets import Augment
 from wsss.errors import TrainingFailed
-from wsss.health import Problem, check_history
+from wsss.health import Problem, check_history, weights_problem
 from wsss.held_out import HeldOut
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.models.registry import save_model
@@ -159,6 +159,8 @@ def check_health(
     is the history column ``loss_column``, except in the first ``initial_loss_epochs``
     epochs (another loss)."""
     losses = [row[loss_column] for row in history[initial_loss_epochs:]]
+    checked = history[initial_loss_epochs:]
+    start = checked[0].get("first_step_loss") if checked else None  # the untrained loss
     problems = []
     if held_out is not None:
         scores = [row[held_out.metric] for row in history if held_out.metric in row]
@@ -170,12 +172,16 @@ def check_health(
             margin=params.health_margin,
             prior_name=held_out.prior_name,
             advice_prefix=config_key,
+            start_loss=start,
         )
         model.eval()
         with torch.no_grad():
             problems += held_out.final_checks(model)
     else:
-        problems = check_history(losses, None, None, advice_prefix=config_key)
+        problems = check_history(losses, None, None, advice_prefix=config_key, start_loss=start)
+    weights = model.state_dict().items()
+    bad = [k for k, v in weights if v.is_floating_point() and not v.isfinite().all()]
+    problems += weights_problem(bad, config_key)
     verdict = {
         "network": name,
         "healthy": not problems,
@@ -374,6 +380,8 @@ def fit(
                     f"{step + 1}. Try: a lower learning rate (lr), a longer warm-up "
                     "(warmup_epochs) or gradient clipping (clip_norm)"
                 )
+            if step == 0:
+                first_step_loss = float(loss.detach())  # the health check's reference
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(trained, params.clip_norm or float("inf"))
@@ -393,6 +401,7 @@ def fit(
             "grad_norm": round(float(np.mean(norms)), 4),
             "seconds": round(seconds, 1),
             "images_per_s": round(seen / max(seconds, 1e-9), 2),
+            "first_step_loss": round(first_step_loss, 6),
         }
         if held_out is not None:
             model.eval()

@@ -10,6 +10,12 @@ A model file (``torch.save`` of a dict, loaded with ``weights_only=True``) holds
                  mask channels, background first where there is one, for "wsfcn")
     state_dict   the weights
     provenance   fingerprint of the settings and inputs, epochs, settings, written (UTC)
+    fingerprint  :func:`weights_fingerprint` of kind, label names and weights (files written
+                 before it was added lack it; the loader computes it from the weights
+                 either way, so it always describes what is loaded)
+
+The maps a model writes carry its fingerprint (:mod:`wsss.store`), so that the next stage
+can tell which model wrote them.
 
 A network module registers its kind in :data:`MODELS` with a builder
 ``from_arch(arch: dict, num_labels: int) -> nn.Module`` (random weights; the file's fill
@@ -19,7 +25,9 @@ them).
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -56,6 +64,31 @@ class LoadedModel:
     arch: dict
     label_names: list[str]
     provenance: dict = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+def weights_fingerprint(kind: str, label_names: Sequence[str], state_dict: dict) -> str:
+    """A short hash (16 hex digits) of a network's kind, label names and weights (names,
+    dtypes, shapes and bytes, in name order): two model files share it exactly when they
+    hold the same network."""
+    digest = hashlib.sha256(json.dumps([kind, list(label_names)]).encode())
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_labels(
+    path: str | os.PathLike[str], model_labels: Sequence[str], expected: Sequence[str], source: str
+) -> None:
+    """Refuse a model whose label names differ from those of ``source`` (the manifest the
+    stage runs on): its outputs would be mislabelled."""
+    if list(model_labels) != list(expected):
+        raise ModelFileError(
+            f"{path}: the model was trained on the labels {list(model_labels)}, but {source} "
+            f"has {list(expected)}; use a model trained on this dataset"
+        )
 
 
 def save_model(
@@ -70,6 +103,7 @@ def save_model(
     if kind not in MODELS:
         raise ValueError(f"unknown model kind '{kind}' (known: {', '.join(MODELS)})")
     written = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    state_dict = {k: v.cpu() for k, v in model.state_dict().items()}
     save_torch(
         path,
         {
@@ -78,8 +112,9 @@ def save_model(
             "kind": kind,
             "arch": dict(arch),
             "label_names": list(label_names),
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "state_dict": state_dict,
             "provenance": {**provenance, "written": written},
+            "fingerprint": weights_fingerprint(kind, label_names, state_dict),
         },
     )
 
@@ -103,7 +138,8 @@ def _reason(err: Exception) -> str:
 
 
 def read_model_file(path: str | os.PathLike[str]) -> dict:
-    """The checked contents of a model file (weights not yet in a network)."""
+    """The checked contents of a model file (weights not yet in a network); its
+    ``fingerprint`` computed from the weights (:func:`weights_fingerprint`)."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -123,6 +159,14 @@ def read_model_file(path: str | os.PathLike[str]) -> dict:
         raise ModelFileError(
             f"{path}: unknown model kind '{data['kind']}' (known: {', '.join(MODELS)})"
         )
+    if not isinstance(data["state_dict"], dict):
+        raise ModelFileError(f"{path}: its state_dict is not a dict of weights")
+    try:
+        data["fingerprint"] = weights_fingerprint(
+            data["kind"], data["label_names"], data["state_dict"]
+        )
+    except (AttributeError, TypeError, RuntimeError) as err:
+        raise ModelFileError(f"{path}: its weights are not tensors ({_reason(err)})") from err
     return data
 
 
@@ -158,4 +202,5 @@ def load_model(
         data["arch"],
         list(data["label_names"]),
         data.get("provenance", {}),
+        data["fingerprint"],
     )

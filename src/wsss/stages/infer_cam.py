@@ -1,4 +1,7 @@
-"""Stage: multi-scale + flip CAM inference for one shard of a split, into HDF5."""
+"""Stage: multi-scale + flip CAM inference for one shard of a split, into HDF5.
+
+The CAM model must have been trained on the classes of the manifest; the shard records
+the model's fingerprint (:mod:`wsss.store`). Maps that are not finite stop the stage."""
 
 from __future__ import annotations
 
@@ -33,18 +36,28 @@ def run(io: IO, params: Params) -> None:
     from wsss.common import progress, shard_job
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
-    from wsss.inference import multiscale_cams
+    from wsss.inference import check_scales, multiscale_cams
+    from wsss.models.registry import check_labels, load_model
     from wsss.store import MapsWriter
 
-    job = shard_job(io, "cam")
+    check_scales(params.scales)
+    job = shard_job(io)
     manifest = job.manifest
+    loaded = load_model(io.model, "cam", job.device)
+    check_labels(io.model, loaded.label_names, manifest.classes, f"the manifest {io.manifest}")
     with MapsWriter(
-        io.out, "cam", manifest.label_names, manifest.has_background, io.shard, io.num_shards
+        io.out,
+        "cam",
+        manifest.label_names,
+        manifest.has_background,
+        io.shard,
+        io.num_shards,
+        model=loaded.fingerprint,
     ) as writer:
         for rec in progress(job.records, f"infer-cam shard {io.shard}", "img"):
             image = to_tensor(read_image(rec.image))
             cams = multiscale_cams(
-                job.model,
+                loaded.model,
                 image,
                 rec.labels,
                 params.scales,

@@ -2,7 +2,8 @@
 segmentation network or WS-FCN (multi-scale + flip, optional dCRF;
 :func:`wsss.inference.segment`), one palette PNG per image. ``--present-only`` keeps each
 image to its labelled classes (and the background): the masks of the training split, whose
-image labels are the supervision, as pseudo-masks."""
+image labels are the supervision, as pseudo-masks. The model must have been trained on the
+labels of the manifest; probabilities that are not finite stop the stage."""
 
 from __future__ import annotations
 
@@ -33,11 +34,16 @@ def run(io: IO, params: SegmentParams) -> None:
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
-    from wsss.inference import labels_from_probs, segment
+    from wsss.inference import check_scales, labels_from_probs, segment
+    from wsss.models.registry import check_labels, load_model
+    from wsss.store import require_finite
 
-    job = shard_job(io, ("seg", "wsfcn"))
-    model, records = job.model, job.records
-    manifest = job.manifest
+    check_scales(params.scales)
+    job = shard_job(io)
+    records, manifest = job.records, job.manifest
+    loaded = load_model(io.model, ("seg", "wsfcn"), job.device)
+    check_labels(io.model, loaded.label_names, manifest.label_names, f"the manifest {io.manifest}")
+    model = loaded.model
     with atomic_dir(io.out) as tmp:
         batches = [
             records[i : i + params.batch_size] for i in range(0, len(records), params.batch_size)
@@ -54,6 +60,7 @@ def run(io: IO, params: SegmentParams) -> None:
                 [r.image for r in batch],
             )
             for rec, image, p in zip(batch, images, probs):
+                require_finite(p.cpu().numpy(), f"{rec.image}: the class probabilities")
                 keep = None
                 if io.present_only:  # the background (if any) and the labelled classes
                     keep = [0] * manifest.offset + [manifest.offset + c for c in rec.labels]

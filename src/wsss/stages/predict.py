@@ -10,12 +10,22 @@ image's class scores: the mean probability of each label over the image) and
 but not an extension (``ok.jpg``, ``ok.png``) are written as ``OUT/ok_jpg.png``,
 ``OUT/ok_png.png``, so no result overwrites another. Unreadable files and dangling links
 are skipped, listed at the end and in ``OUT/skipped.txt``; a folder without any file is
-an error. The output folder must differ from the input folder, so an input is never
-overwritten.
+an error.
+
+Predict writes only into a new or empty folder or into a folder of its own, and never
+replaces a file it did not write. Its own folder holds the marker ``OUT/.wsss-predict.json``
+(written before the first result): the model file and its fingerprint, the format, every
+file the run writes, and ``complete``, true once the last file is written. Into a folder of
+its own a new run first deletes the files the marker lists (the results of the earlier
+run: finished, interrupted, or of another model or format), and only those; other files
+there are kept, and one that a result of the new run would replace is an error. A folder
+with files but no marker (ground-truth masks, the input folder, results of something else)
+is refused, with the folder named, before anything is written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +33,7 @@ from wsss.settings import DEVICE_HELP, SegmentParams
 from wsss.stage import Stage, arg
 
 FORMATS = ("png", "coco", "both")
+MARKER = ".wsss-predict.json"  # what makes a folder predict's own (see the module's doc)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,13 +60,14 @@ def run(io: IO, params: Params) -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from wsss.atomic import atomic_path, save_png
+    from wsss.atomic import atomic_path, save_png, write_json
     from wsss.common import pick_device, progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import DatasetError, read_image
     from wsss.data.palette import label_image
-    from wsss.inference import labels_from_probs, segment
+    from wsss.inference import check_scales, labels_from_probs, segment
     from wsss.models.registry import load_model
+    from wsss.store import require_finite
     from wsss.visualize import colorize
 
     log = logging.getLogger(__name__)
@@ -64,13 +76,22 @@ def run(io: IO, params: Params) -> list[Path]:
         raise FileNotFoundError(f"{images_dir}: no such directory")
     if out_dir.resolve() == images_dir.resolve():
         raise ValueError(f"{out_dir}: the output folder must differ from the input folder")
+    check_scales(params.scales)
     loaded = load_model(io.model, ("seg", "wsfcn"), pick_device(io.device))
     entries = sorted(p for p in images_dir.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file() or (p.is_symlink() and not p.exists())]
     if not files:
         raise FileNotFoundError(f"{images_dir}: no image files in this folder")
     names = output_names(files)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    planned = planned_files(names.values(), params.format)
+    marker = {
+        "written_by": "wsss predict",
+        "model": str(io.model),
+        "model_fingerprint": loaded.fingerprint,
+        "format": params.format,
+        "images": str(images_dir),
+    }
+    claim_folder(out_dir, planned, marker)
     coco = CocoWriter(loaded.label_names) if params.format in ("coco", "both") else None
 
     def write(batch: list[tuple[Path, np.ndarray]]) -> None:
@@ -84,6 +105,7 @@ def run(io: IO, params: Params) -> list[Path]:
             [str(path) for path, _ in batch],
         )
         for (path, image), p in zip(batch, probs):
+            require_finite(p.cpu().numpy(), f"{path}: the class probabilities")
             labels = labels_from_probs(image, p, params)
             if coco is not None:
                 coco.add(path.name, labels, p.cpu().numpy())
@@ -111,6 +133,8 @@ def run(io: IO, params: Params) -> list[Path]:
         coco.write(out_dir / "predictions.json", str(io.model))
     with atomic_path(out_dir / "skipped.txt") as tmp:
         tmp.write_text("".join(f"{p}\n" for p in skipped))
+    written = [name for name in planned if (out_dir / name).exists()]
+    write_json(out_dir / MARKER, {**marker, "complete": True, "files": written})
     log.info(
         "segmented %d images into %s (labels: %s); skipped %d unreadable files%s",
         len(files) - len(skipped),
@@ -176,6 +200,75 @@ class CocoWriter:
                 "images": self.images,
                 "annotations": self.annotations,
             },
+        )
+
+
+def planned_files(bases: Iterable[str], fmt: str) -> list[str]:
+    """The names of every file a run writes into its folder (besides the marker)."""
+    names = ["skipped.txt"]
+    if fmt in ("coco", "both"):
+        names.append("predictions.json")
+    if fmt in ("png", "both"):
+        for base in bases:
+            names += [f"{base}.png", f"{base}_overlay.jpg"]
+    return sorted(names)
+
+
+def claim_folder(out_dir: Path, planned: list[str], marker: dict) -> None:
+    """Make ``out_dir`` ready for a run that writes ``planned``: create it, or take a
+    folder of predict's own (its marker) after deleting the files the marker lists; refuse
+    (ValueError naming the folder) a folder with files but no marker, a damaged marker, or
+    a file not of predict's own where a result would go. The marker, listing what the
+    earlier run wrote and ``planned``, is written (``complete``: false) before anything is
+    deleted or written, so that an interruption leaves every file of predict's listed."""
+    import json
+    import logging
+
+    from wsss.atomic import remove_stale, write_json
+
+    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: not a folder")
+    own: list[str] = []
+    if MARKER in entries:
+        try:
+            previous = json.loads((out_dir / MARKER).read_text())
+            own = [str(name) for name in previous["files"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"{out_dir}: its {MARKER} cannot be read ({type(err).__name__}), so the files "
+                "of an earlier run cannot be told from others; give an empty or new folder"
+            ) from err
+        if any("/" in name or name in ("", ".", "..", MARKER) for name in own):
+            raise ValueError(f"{out_dir}: its {MARKER} lists names that are not its results")
+    elif entries:
+        more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+        shown = ", ".join(entries[:3]) + more
+        raise ValueError(
+            f"{out_dir}: the output folder holds files that wsss predict did not write "
+            f"({shown}); give an empty or new folder"
+        )
+    foreign = set(entries) - set(own) - {MARKER}
+    in_the_way = [name for name in planned if name in foreign]
+    if in_the_way:
+        raise ValueError(
+            f"{out_dir}: {in_the_way[0]} is in the way and was not written by wsss predict "
+            f"({len(in_the_way)} such files); give an empty or new folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out_dir / MARKER, {**marker, "complete": False, "files": sorted(set(own) | set(planned))}
+    )
+    removed = 0
+    for name in own:
+        path = out_dir / name
+        remove_stale(path)
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed += 1
+    if removed:
+        logging.getLogger(__name__).info(
+            "%s: deleted the %d files of the earlier run of wsss predict", out_dir, removed
         )
 
 

@@ -1,6 +1,7 @@
 """Stage: pseudo-masks from refined maps (paper 3.4; :func:`wsss.label_maps.pseudo_mask`):
 upsample to the image, optional dCRF, argmax (the background included where the dataset
-has one); one palette PNG per image."""
+has one); one palette PNG per image. The input must be random-walk shards of the manifest's
+labels, all from one model."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def run(io: MapsToLabelsIO, params: Params) -> None:
 
     job = shard_job(io)
     manifest, records = job.manifest, job.records
-    with MapsReader(io.maps) as reader, atomic_dir(io.out) as tmp:
+    with (
+        MapsReader(io.maps, kind="rw", label_names=manifest.label_names) as reader,
+        atomic_dir(io.out) as tmp,
+    ):
         reader.check_covers([r.id for r in records])
         alpha_index = None
         if manifest.has_background:

@@ -1,6 +1,10 @@
 """Stage: refine the CAMs of one shard by the random walk with AffinityNet's affinities
 (paper 3.3; the math is :func:`wsss.randomwalk.refine`). Output: the refined maps on the
-stride-8 grid in HDF5, with one background map per walked alpha."""
+stride-8 grid in HDF5, with one background map per walked alpha.
+
+The input must be CAM shards of the manifest's labels, all from one model; the affinity
+model must have been trained on the manifest's labels. The output records the
+affinity model's fingerprint and, as its source, that of the CAM model."""
 
 from __future__ import annotations
 
@@ -34,14 +38,17 @@ def run(io: IO, params: Params) -> None:
     from wsss.common import progress, shard_job
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
+    from wsss.models.registry import check_labels, load_model
     from wsss.randomwalk import GRID, refine
     from wsss.store import MapsReader, MapsWriter
 
-    job = shard_job(io, "affinity")
+    job = shard_job(io)
     manifest = job.manifest
+    loaded = load_model(io.model, "affinity", job.device)
+    check_labels(io.model, loaded.label_names, manifest.label_names, f"the manifest {io.manifest}")
     alphas = params.alphas if manifest.has_background else ()
     with (
-        MapsReader(io.maps) as reader,
+        MapsReader(io.maps, kind="cam", label_names=manifest.label_names) as reader,
         MapsWriter(
             io.out,
             "rw",
@@ -51,13 +58,15 @@ def run(io: IO, params: Params) -> None:
             io.num_shards,
             stride=GRID,
             alphas=alphas,
+            model=loaded.fingerprint,
+            source=reader.model,
         ) as writer,
     ):
         reader.check_covers([r.id for r in job.records])
         for rec in progress(job.records, f"random walk shard {io.shard}", "img"):
             item = reader[rec.id]
             fg, bg = refine(
-                job.model,
+                loaded.model,
                 to_tensor(read_image(rec.image)),
                 item.maps,
                 manifest.has_background,

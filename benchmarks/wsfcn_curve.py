@@ -76,16 +76,39 @@ def score(
         if (out / "masks").exists():
             shutil.rmtree(out / "masks")
         cmd = [
-            WSSS, "infer-wsfcn", "--manifest", str(manifest), "--model", str(model),
-            "--out", str(out / "masks"), "--split", split, "--device", "cpu",
-            "--present-only" if present_only else "--no-present-only", *flags(infer),
-        ]  # fmt: skip
+            WSSS,
+            "infer-wsfcn",
+            "--manifest",
+            str(manifest),
+            "--model",
+            str(model),
+            "--out",
+            str(out / "masks"),
+            "--split",
+            split,
+            "--device",
+            "cpu",
+            "--present-only" if present_only else "--no-present-only",
+            *flags(infer),
+        ]
         run(cmd, log)
         run(
-            [WSSS, "eval-labels", "--manifest", str(manifest), "--labels", str(out / "masks"),
-             "--out", str(metrics), "--stage", f"wsfcn_{split}", "--split", split],
+            [
+                WSSS,
+                "eval-labels",
+                "--manifest",
+                str(manifest),
+                "--labels",
+                str(out / "masks"),
+                "--out",
+                str(metrics),
+                "--stage",
+                f"wsfcn_{split}",
+                "--split",
+                split,
+            ],
             log,
-        )  # fmt: skip
+        )
     return float(json.loads(metrics.read_text())["miou"])
 
 
@@ -98,14 +121,18 @@ def main() -> int:
         "--every", type=int, default=1, help="score the train-split masks every this many epochs"
     )
     parser.add_argument(
-        "--upto", type=int,
+        "--upto",
+        type=int,
         help="score only the first epochs, without training further (a stopped training)",
-    )  # fmt: skip
+    )
     parser.add_argument("--plot", type=Path, help="also copy the picture here")
     parser.add_argument(
-        "--lines", nargs="*", default=[], metavar="NAME=MIOU",
+        "--lines",
+        nargs="*",
+        default=[],
+        metavar="NAME=MIOU",
         help="horizontal lines on the train-split plot (e.g. 'CAMs=61.60')",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
 
     config: dict = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -117,10 +144,20 @@ def main() -> int:
     manifest = run_dir / "dataset.json"
     configs = [str(p) for p in [*args.base, args.config]]
     run(
-        [sys.executable, "-m", "snakemake", str(manifest.relative_to(ROOT)), "--cores", "all",
-         "--quiet", "rules", "--configfile", *configs],
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            str(manifest.relative_to(ROOT)),
+            "--cores",
+            "all",
+            "--quiet",
+            "rules",
+            "--configfile",
+            *configs,
+        ],
         log,
-    )  # fmt: skip
+    )
 
     train = config["wsfcn"]["train"]
     epochs = int(train["epochs"])
@@ -130,12 +167,27 @@ def main() -> int:
     start = time.time()
     if not model.exists() and args.upto is None:
         run(
-            [WSSS, "train-wsfcn", "--manifest", str(manifest), "--out", str(model),
-             "--state-dir", str(curve / "train-state"), "--split",
-             config["dataset"]["train_split"], "--held-out", config["dataset"]["val_split"],
-             "--device", "cpu", *flags(train), "--snapshots", *map(str, range(1, epochs + 1))],
+            [
+                WSSS,
+                "train-wsfcn",
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(model),
+                "--state-dir",
+                str(curve / "train-state"),
+                "--split",
+                config["dataset"]["train_split"],
+                "--held-out",
+                config["dataset"]["val_split"],
+                "--device",
+                "cpu",
+                *flags(train),
+                "--snapshots",
+                *map(str, range(1, epochs + 1)),
+            ],
             log,
-        )  # fmt: skip
+        )
     print(f"training: {(time.time() - start) / 60:.1f} min this invocation")
     with (curve / "training.csv").open() as fh:
         history = list(csv.DictReader(fh))
@@ -153,14 +205,32 @@ def main() -> int:
             "held_out_map": history[k - 1].get("val_map", ""),
             "loss_segmentation": history[k - 1].get("loss_segmentation", ""),
             "train_masks": round(
-                score(manifest, snapshot, curve / f"epoch{k}/train", config["dataset"]
-                      ["train_split"], one_scale, True, log), 2),
+                score(
+                    manifest,
+                    snapshot,
+                    curve / f"epoch{k}/train",
+                    config["dataset"]["train_split"],
+                    one_scale,
+                    True,
+                    log,
+                ),
+                2,
+            ),
             "val_masks": "",
-        }  # fmt: skip
+        }
         if k in args.val_at:
             row["val_masks"] = round(
-                score(manifest, snapshot, curve / f"epoch{k}/val",
-                      config["dataset"]["val_split"], config["wsfcn"]["infer"], False, log), 2)  # fmt: skip
+                score(
+                    manifest,
+                    snapshot,
+                    curve / f"epoch{k}/val",
+                    config["dataset"]["val_split"],
+                    config["wsfcn"]["infer"],
+                    False,
+                    log,
+                ),
+                2,
+            )
         rows.append(row)
         print(" | ".join(f"{key} {value}" for key, value in row.items()), flush=True)
     with (curve / "curve.csv").open("w", newline="") as fh:
@@ -173,8 +243,10 @@ def main() -> int:
     print("\n| epoch | training (min) | held-out mAP | train masks | val masks |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['epoch']} | {r['train_min']} | {r['held_out_map']} | {r['train_masks']} "
-              f"| {r['val_masks']} |")  # fmt: skip
+        print(
+            f"| {r['epoch']} | {r['train_min']} | {r['held_out_map']} | {r['train_masks']} "
+            f"| {r['val_masks']} |"
+        )
     print(f"\nwritten: {curve / 'curve.csv'}, {curve / 'curve.png'}")
     return 0
 

@@ -36,7 +36,9 @@ def _padded_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return F.conv2d(x, conv.weight, None, 1, (d * (kh // 2), d * (kw // 2)), d)
 
 
-@pytest.mark.parametrize("kernel, dilation, side", [(7, 36, 16), (5, 24, 10), (3, 12, 30), (7, 2, 9)])
+@pytest.mark.parametrize(
+    "kernel, dilation, side", [(7, 36, 16), (5, 24, 10), (3, 12, 30), (7, 2, 9)]
+)
 def test_trimmed_convolution_equals_the_padded_one(kernel: int, dilation: int, side: int) -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 4, side, side + 3)
@@ -57,7 +59,9 @@ def test_flexible_context_aggregation_by_its_equations() -> None:
 
     def bn(t: torch.Tensor, layer: nn.BatchNorm2d) -> torch.Tensor:
         scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
-        return (t - layer.running_mean[:, None, None]) * scale[:, None, None] + layer.bias[:, None, None]
+        return (t - layer.running_mean[:, None, None]) * scale[:, None, None] + layer.bias[
+            :, None, None
+        ]
 
     mlp = module.channel_attention.mlp
     w1, w2 = mlp[0].weight[:, :, 0, 0], mlp[2].weight[:, :, 0, 0]
@@ -94,7 +98,9 @@ def test_the_context_batch_norm_statistics_stay_frozen_in_training() -> None:
     torch.manual_seed(0)
     model = WSFCN(build_backbone("lite0", 16, weights=None), 3, backbone_name="lite0", width=16)
     model.train()
-    before = [bn.running_mean.clone() for bn in model.context.modules() if isinstance(bn, nn.BatchNorm2d)]
+    before = [
+        bn.running_mean.clone() for bn in model.context.modules() if isinstance(bn, nn.BatchNorm2d)
+    ]
     model(torch.rand(2, 3, 64, 64) * 255)
     after = [bn.running_mean for bn in model.context.modules() if isinstance(bn, nn.BatchNorm2d)]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
@@ -226,5 +232,7 @@ def test_resized_crops_never_pad_and_keep_their_share_of_the_image() -> None:
     assert out.shape == (3, 96, 96) and mask is not None and mask.shape == (96, 96)
     assert torch.allclose(out, torch.full_like(out, 7.0))  # no PAD_RGB anywhere
     assert not any(math.isclose(7.0, v) for v in PAD_RGB)
-    padded, _ = Augment(96, scale_range=(1.0, 1.0), jitter=0.0)(image, None, np.random.default_rng(1))
+    padded, _ = Augment(96, scale_range=(1.0, 1.0), jitter=0.0)(
+        image, None, np.random.default_rng(1)
+    )
     assert (padded != 7.0).any()  # the other networks' crops do pad such an image

@@ -17,10 +17,14 @@ from wsss.common import autocast
 from wsss.crf import dense_crf
 from wsss.data.datasets import PAD_RGB
 from wsss.models.cam import CAMNet
+from wsss.models.wsfcn import WSFCN
 from wsss.settings import SegmentParams
 from wsss.single_stage import SingleStageOutput
 
 log = logging.getLogger(__name__)
+
+SCORE_CUT = 0.1  # single-stage inference: a class needs an image score above this ...
+BG_POWER = 3.0  # ... and the averaged background mask is raised to this power
 
 
 def capped_scales(
@@ -123,15 +127,26 @@ def segment(
     amp: bool = False,
     max_pixels: int = 0,
     names: Sequence[str] = (),
+    score_cut: float = SCORE_CUT,
+    bg_power: float = BG_POWER,
 ) -> list[Tensor]:
     """Class probabilities [L, H, W] for each image [3, H, W] in [0, 255] of a batch, by a
-    segmentation network or a single-stage one (:func:`label_logits`).
+    segmentation network or a single-stage one.
 
-    At each scale the images are resized, padded to a common size and segmented in one
-    batch (the flipped batch's logits are flipped back and added); the softmax of each,
-    cropped and resized back, is averaged over the scales. An image that a scale would make
-    larger than ``max_pixels`` gets a lower scale there (:func:`capped_scales`).
+    A segmentation network: at each scale the images are resized, padded to a common size
+    and segmented in one batch (the flipped batch's logits are flipped back and added); the
+    softmax of each, cropped and resized back, is averaged over the scales. A single-stage
+    network (WS-FCN): :func:`segment_single_stage` with ``score_cut`` and ``bg_power``. An
+    image that a scale would make larger than ``max_pixels`` gets a lower scale there
+    (:func:`capped_scales`).
     """
+    if isinstance(model, WSFCN):
+        return [
+            segment_single_stage(
+                model, im, scales, flip, amp, max_pixels, name, score_cut, bg_power
+            )
+            for im, name in zip(images, list(names) or [""] * len(images))
+        ]
     device = next(model.parameters()).device
     totals: list[Tensor | None] = [None] * len(images)
     per_image = [
@@ -161,6 +176,61 @@ def segment(
             ]
             totals[i] = probs if totals[i] is None else totals[i] + probs
     return [t / len(scales) for t in totals]
+
+
+@torch.no_grad()
+def segment_single_stage(
+    model: WSFCN,
+    image: Tensor,
+    scales: Sequence[float],
+    flip: bool,
+    amp: bool = False,
+    max_pixels: int = 0,
+    name: str = "",
+    score_cut: float = SCORE_CUT,
+    bg_power: float = BG_POWER,
+) -> Tensor:
+    """Mask probabilities [L, H, W] of one image [3, H, W] in [0, 255] by a single-stage
+    network, as its reference infers on val.
+
+    The image at every scale (and its mirror), unpadded, gives masks (the softmax over the
+    labels, resized to the image and flipped back) and class scores sigmoid(y_c); the masks
+    are averaged over all of these inputs. A class whose score stays at or below
+    ``score_cut`` on every input is dropped (its mask set to 0; without a background
+    class the best-scoring class is always kept); the averaged background mask, if any, is
+    raised to ``bg_power``; the result is normalised to sum to 1 at every pixel.
+    ``score_cut`` 0 keeps every class (e.g. when the image labels are known)."""
+    height, width = image.shape[-2:]
+    scales = capped_scales(height, width, scales, max_pixels, name)
+    device = next(model.parameters()).device
+    image = image.to(device)
+    total, best, count = None, None, 0
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        batch = F.interpolate(image[None], size, mode="bilinear", align_corners=False)
+        if flip:
+            batch = torch.cat([batch, batch.flip(-1)])
+        with autocast(device, amp):
+            out = model(batch)
+        masks = F.interpolate(
+            out.masks.float(), (height, width), mode="bilinear", align_corners=False
+        )
+        if flip:
+            masks = torch.cat([masks[:1], masks[1:].flip(-1)])
+        scores = torch.sigmoid(out.scores.float()).amax(0)
+        total = masks.sum(0) if total is None else total + masks.sum(0)
+        best = scores if best is None else torch.maximum(best, scores)
+        count += len(masks)
+    assert total is not None and best is not None
+    mean = total / count
+    offset = int(out.background)
+    keep = best > score_cut
+    if not offset and not keep.any():
+        keep[best.argmax()] = True
+    mean[offset:] *= keep.to(mean.dtype)[:, None, None]
+    if offset:
+        mean[0] = mean[0].pow(bg_power)
+    return mean / mean.sum(0, keepdim=True).clamp(min=1e-12)
 
 
 def labels_from_probs(

@@ -80,7 +80,7 @@ def train_network(
     device = pick_device(io.device)
     backbone = build_backbone(params.backbone, params.output_stride, params.weights)
     model = build(backbone).to(device)
-    data = dataset(Augment(params.crop_size, params.scale_range, True, params.jitter))
+    data = dataset(params.augmentation())
     stamp = fingerprint(asdict(params), Path(io.manifest), *inputs)
     checkpoints = EpochCheckpoints(io.state_dir, stamp)
     if params.freeze_bn:
@@ -101,6 +101,25 @@ def train_network(
     )
     health = held_out() if params.health != "ignore" else None
     out_dir = Path(io.out).parent
+
+    def snapshot(history: list[dict], model: nn.Module) -> None:
+        """The model file of an epoch listed in ``io.snapshots`` (learning curves)."""
+        if len(history) not in io.snapshots:
+            return
+        path = snapshot_path(io.out, len(history))
+        save_model(
+            path,
+            model,
+            kind,
+            {"backbone": params.backbone, "output_stride": params.output_stride, **arch},
+            label_names,
+            fingerprint=stamp,
+            epochs=len(history),
+            settings=asdict(params),
+            history=history,
+        )
+        log.info("wrote %s", path)
+
     history = fit(
         model,
         loader,
@@ -116,6 +135,7 @@ def train_network(
             (lambda images, targets: initial_loss(model, images, targets)) if initial_loss else None
         ),
         initial_loss_epochs=initial_loss_epochs,
+        on_epoch=lambda history: snapshot(history, model),
     )
     check_health(
         model,
@@ -141,6 +161,12 @@ def train_network(
     )
     log.info("wrote %s", io.out)
     return model
+
+
+def snapshot_path(out: str | os.PathLike[str], epoch: int) -> Path:
+    """Where the model file of epoch ``epoch`` goes beside ``out``: model-epoch3.pt."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-epoch{epoch}{out.suffix}")
 
 
 def check_health(
@@ -327,6 +353,7 @@ def fit(
     history_csv: Path | None = None,
     initial_loss_fn: Callable[[torch.Tensor, torch.Tensor], Loss] | None = None,
     initial_loss_epochs: int = 0,
+    on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """The epoch loop every training shares; returns the per-epoch history.
 
@@ -340,6 +367,7 @@ def fit(
     learning rate, the mean gradient norm, seconds and images per second, and the
     ``held_out`` scores go into the history (and ``history_csv``), and the state is saved.
     The first ``initial_loss_epochs`` epochs train ``initial_loss_fn`` instead, when given.
+    ``on_epoch(history)`` is called after each epoch's state is saved.
     The loader's dataset must be :class:`EpochSeeded`-like (an ``epoch`` attribute) and
     its generator is reseeded per epoch, so a resumed run sees the same batches as an
     uninterrupted one.
@@ -419,6 +447,8 @@ def fit(
         checkpoints.save(model, optimizer, history)
         if history_csv is not None:
             write_history(history_csv, history)
+        if on_epoch is not None:
+            on_epoch(history)
     return history
 
 

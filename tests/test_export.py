@@ -143,6 +143,7 @@ def test_other_kinds_and_a_missing_onnx_package_are_refused(
     with pytest.raises(ModelFileError, match="'affinity' model, but a 'seg' or 'cam'"):
         export.run(export.IO(model=aff_file, out=tmp_path / "a.pt"))
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript fails
-    with pytest.raises(MissingDependency, match="needs the package onnxscript"):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(MissingDependency, match=r"needs the packages onnx and onnxscript"):
         export.run(export.IO(model=models["seg"], format="onnx", out=tmp_path / "s.onnx"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aff.pt"]

@@ -185,7 +185,7 @@ def test_predict_into_an_unusable_output_folder_names_it(
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder's parent should be")
     proc = predict(random_seg_model, images, blocker / "out")
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1].startswith("wsss predict: error: ")
     assert str(blocker) in proc.stderr and "Traceback" not in proc.stderr
 
@@ -219,7 +219,7 @@ def test_infer_cam_on_a_full_disk_stops_cleanly(
            "--model", str(model), "--out", str(out), "--split", "train", "--device", "cpu",
            "--scales", "1.0", "2.0"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.returncode == 3, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("wsss infer-cam: error: [Errno 28] No space left on device")
     assert str(out) in last and "Traceback" not in proc.stderr
@@ -293,7 +293,7 @@ def test_a_misspelt_loader_option_is_named(tmp_path: Path) -> None:
            "--out", str(tmp_path / "dataset.json"), "--splits", "train",
            "--options", '{"label_sourc": "xml"}']  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert "label_sourc: not an option of the dataset.kind voc loader" in proc.stderr
     assert "label_source" in proc.stderr.split("allowed:")[1]
     assert not (tmp_path / "dataset.json").exists()
@@ -312,7 +312,7 @@ def test_inspect_on_what_it_cannot_read_is_one_line(what: str, tmp_path: Path) -
         path.write_bytes(b"\x00\x01 not a file format")
     proc = subprocess.run([sys.executable, "-m", "wsss.cli", "inspect", str(path)],
                           capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"wsss inspect: error: {path}")
     assert "weights_only=False" not in proc.stderr  # never advise an unsafe load

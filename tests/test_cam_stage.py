@@ -262,6 +262,6 @@ def test_eval_refuses_maps_missing_images(tiny_manifest: Path, tmp_path: Path) -
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 2 and "19 images have no maps" in proc.stderr
+    assert proc.returncode == 3 and "19 images have no maps" in proc.stderr
     assert not (tmp_path / "m.json").exists()
     assert os.listdir(tmp_path) == ["maps.h5"]

@@ -158,7 +158,7 @@ def test_predict_with_a_cam_model_is_a_one_line_error(cam_file: Path, tmp_path: 
         text=True,
         env=env,
     )
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -105,6 +105,8 @@ def test_pins_agree() -> None:
         "workflow",
         "test",
         "dev",
+        "export",
+        "convert",
     }
 
 

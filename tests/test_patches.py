@@ -140,7 +140,7 @@ def test_a_progressive_stage_without_its_predecessor_fails_clearly(
            "--device", "cpu", "--init", str(missing), "--patches", "2", "--epochs", "1",
            "--crop-size", "64", "--head-channels", "16", "--num-workers", "0"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("wsss train-cam: error: ") and str(missing) in last
     assert "previous progressive stage is missing" in last

@@ -104,7 +104,7 @@ def test_broken_dataset_names_the_file(demo_copy: Path, tmp_path: Path, breaker,
     broken = breaker(demo_copy)
     out = tmp_path / "dataset.json"
     proc = prepare(demo_copy, out)
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     named = broken.name if breaker is not break_empty_split else "split 'val'"
     assert named in proc.stderr and words in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -135,5 +135,5 @@ def test_unknown_label_in_folder_csv_names_the_csv(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert "labels.csv" in proc.stderr and "zebra" in proc.stderr

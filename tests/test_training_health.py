@@ -54,7 +54,7 @@ def test_a_diverging_training_stops_the_run_with_what_to_try(
 ) -> None:
     out = tmp_path / "cam/model.pt"
     proc = train_cli(tiny_manifest, out, "--epochs", "3", "--lr", "50")
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.returncode == 4, proc.stderr[-2000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("wsss train-cam:")]
     assert error, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

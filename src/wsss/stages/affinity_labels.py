@@ -35,7 +35,10 @@ def run(io: MapsToLabelsIO, params: Params) -> None:
 
     job = shard_job(io)
     manifest, records = job.manifest, job.records
-    with MapsReader(io.maps) as reader, atomic_dir(io.out) as tmp:
+    with (
+        MapsReader(io.maps, kind="cam", label_names=manifest.label_names) as reader,
+        atomic_dir(io.out) as tmp,
+    ):
         reader.check_covers([r.id for r in records])
         for rec in progress(records, f"affinity labels shard {io.shard}", "img"):
             item = reader[rec.id]

@@ -54,7 +54,8 @@ def run(io: IO, params: Params) -> dict:
     n = manifest.num_labels
     gt_counts = np.zeros((len(records), n), np.int64)  # pixels of each label value per image
 
-    with MapsReader(io.maps) as reader:
+    kind = io.stage if io.stage in ("cam", "rw") else None  # CAMs or refined maps: checked
+    with MapsReader(io.maps, kind=kind, label_names=manifest.label_names) as reader:
         reader.check_covers([r.id for r in records])
         mode = "alpha" if reader.alphas else params.bg_mode
         values: list[float | None] = [None]

@@ -3,7 +3,8 @@
 the softmax, classes whose image score stays at or below ``score_cut`` dropped, the
 background raised to ``bg_power``), one palette PNG per image. ``--present-only`` keeps each
 image to its labelled classes (and the background) instead of the score cut: the masks of
-the training split, whose image labels are the supervision."""
+the training split, whose image labels are the supervision. The model must have been trained
+on the labels of the manifest; probabilities that are not finite stop the stage."""
 
 from __future__ import annotations
 
@@ -46,17 +47,20 @@ def run(io: IO, params: Params) -> None:
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
-    from wsss.inference import labels_from_probs, segment_single_stage
+    from wsss.inference import check_scales, labels_from_probs, segment_single_stage
+    from wsss.models.registry import check_labels, load_model
+    from wsss.store import require_finite
 
-    if min(params.scales) <= 0:
-        raise ValueError(f"scales must be positive, not {list(params.scales)}")
-    job = shard_job(io, "wsfcn")
+    check_scales(params.scales)
+    job = shard_job(io)
     manifest = job.manifest
+    loaded = load_model(io.model, "wsfcn", job.device)
+    check_labels(io.model, loaded.label_names, manifest.label_names, f"the manifest {io.manifest}")
     with atomic_dir(io.out) as tmp:
         for rec in progress(job.records, f"WS-FCN masks, shard {io.shard}", "image"):
             image = read_image(rec.image)
             probs = segment_single_stage(
-                job.model,
+                loaded.model,
                 to_tensor(image),
                 params.scales,
                 params.flip,
@@ -66,6 +70,7 @@ def run(io: IO, params: Params) -> None:
                 0.0 if io.present_only else params.score_cut,
                 params.bg_power,
             )
+            require_finite(probs.cpu().numpy(), f"{rec.image}: the mask probabilities")
             keep = None
             if io.present_only:  # the background (if any) and the labelled classes
                 keep = [0] * manifest.offset + [manifest.offset + c for c in rec.labels]

@@ -156,17 +156,9 @@ def link_failures(headings: bool) -> tuple[int, list[str]]:
         for number, target in links(path):
             checked += 1
             problem = broken_link(path, target, headings)
-            name = f"{path.relative_to(ROOT)}: {target}"
-            if problem and not (headings and name in KNOWN_BROKEN_HEADINGS):
+            if problem:
                 failures.append(f"{path.relative_to(ROOT)}:{number}: {target}: {problem}")
     return checked, failures
-
-
-# Links to a heading that does not exist (the file itself does), outside the files this
-# change owns. Remove an entry once its link is fixed.
-KNOWN_BROKEN_HEADINGS = {
-    "docs/reliability.md: benchmarks.md#random-walk-on-a-loaded-machine",
-}
 
 
 def test_relative_links_and_images_exist():

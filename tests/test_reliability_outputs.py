@@ -387,6 +387,10 @@ def test_a_shard_of_the_wrong_kind_is_refused(
                 "--out", str(tmp_path / "pseudo"), "--split", "val", "--no-crf")  # fmt: skip
     assert "'cam' maps, but 'rw' maps are needed" in one_line_error(proc, "pseudo-masks")
     assert not (tmp_path / "pseudo").exists()
+    proc = wsss("eval-maps", "--manifest", str(tiny_manifest), "--maps", str(cam_shards["rw"]),
+                "--out", str(tmp_path / "m.json"), "--stage", "cam", "--split", "val")  # fmt: skip
+    assert "'rw' maps, but 'cam' maps are needed" in one_line_error(proc, "eval-maps")
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_shards_of_two_models_are_refused_together(

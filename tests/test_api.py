@@ -72,9 +72,9 @@ def test_as_rgb_takes_grey_and_rgba() -> None:
         as_rgb(np.zeros((2, 3, 7)))
 
 
-def test_the_readme_example_runs(models: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
-    """The README's Python example, with its model paths pointed at the test's files."""
-    text = (REPO / "README.md").read_text()
+def test_the_usage_example_runs(models: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    """The Python example of docs/usage.md, with its model paths pointed at the test's files."""
+    text = (REPO / "docs" / "usage.md").read_text()
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)

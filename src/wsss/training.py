@@ -170,7 +170,7 @@ def snapshot_path(out: str | os.PathLike[str], epoch: int) -> Path:
 
 
 def check_health(
-    model: nn.Module,
+    model: nn.Module | None,
     history: list[dict],
     held_out: HeldOut | None,
     params: TrainParams,
@@ -205,9 +205,10 @@ def check_health(
             problems += held_out.final_checks(model)
     else:
         problems = check_history(losses, None, None, advice_prefix=config_key, start_loss=start)
-    weights = model.state_dict().items()
-    bad = [k for k, v in weights if v.is_floating_point() and not v.isfinite().all()]
-    problems += weights_problem(bad, config_key)
+    if model is not None:  # None: judge the history alone
+        weights = model.state_dict().items()
+        bad = [k for k, v in weights if v.is_floating_point() and not v.isfinite().all()]
+        problems += weights_problem(bad, config_key)
     verdict = {
         "network": name,
         "healthy": not problems,

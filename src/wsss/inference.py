@@ -62,6 +62,15 @@ def check_scales(scales: Sequence[float]) -> None:
         )
 
 
+def rescaled_batch(image: Tensor, scale: float, flip: bool) -> Tensor:
+    """One image [3, H, W] resized by ``scale`` (bilinear) as a batch [1 or 2, 3, h, w],
+    its mirror second when ``flip``."""
+    height, width = image.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    batch = F.interpolate(image[None], size, mode="bilinear", align_corners=False)
+    return torch.cat([batch, batch.flip(-1)]) if flip else batch
+
+
 @torch.no_grad()
 def multiscale_cams(
     model: CAMNet,
@@ -88,10 +97,7 @@ def multiscale_cams(
         return total
     image = image.to(device)
     for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        batch = F.interpolate(image[None], size, mode="bilinear", align_corners=False)
-        if flip:
-            batch = torch.cat([batch, batch.flip(-1)])
+        batch = rescaled_batch(image, scale, flip)
         with autocast(device, amp):
             cams = model.cams(batch)[:, index].float()
         if flip:
@@ -206,10 +212,7 @@ def segment_single_stage(
     image = image.to(device)
     total, best, count = None, None, 0
     for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        batch = F.interpolate(image[None], size, mode="bilinear", align_corners=False)
-        if flip:
-            batch = torch.cat([batch, batch.flip(-1)])
+        batch = rescaled_batch(image, scale, flip)
         with autocast(device, amp):
             out = model(batch)
         masks = F.interpolate(

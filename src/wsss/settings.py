@@ -188,3 +188,16 @@ class NetShardIO(ShardIO):
 
     model: Path = arg(help="model file of the network the stage runs (wsss inspect FILE)")
     device: str = arg("auto", DEVICE_HELP)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentShardIO(NetShardIO):
+    """A stage that segments one shard of a split with a network, one PNG per image."""
+
+    split: str = arg("val", "split whose images are segmented")
+    out: Path = arg(help="directory of label PNGs to write")
+    present_only: bool = arg(
+        False,
+        "each pixel takes one of the image's labelled classes or the background (for the "
+        "training split, whose image labels are known)",
+    )

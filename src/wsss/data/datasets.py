@@ -63,11 +63,7 @@ class Augment:
         )[0]
         if mask is not None:
             mask = F.interpolate(mask[None, None].float(), size, mode="nearest")[0, 0].long()
-        if self.flip and rng.random() < 0.5:
-            image = image.flip(-1)
-            mask = mask.flip(-1) if mask is not None else None
-        if self.jitter > 0:
-            image = self._jitter(image, rng)
+        image, mask = self._flip_and_jitter(image, mask, rng)
         return self._crop(image, mask, rng)
 
     def _resized_crop(
@@ -82,6 +78,11 @@ class Augment:
         if mask is not None:
             mask = mask[top : top + h, left : left + w]
             mask = F.interpolate(mask[None, None].float(), size, mode="nearest")[0, 0].long()
+        return self._flip_and_jitter(image, mask, rng)
+
+    def _flip_and_jitter(
+        self, image: Tensor, mask: Tensor | None, rng: np.random.Generator
+    ) -> tuple[Tensor, Tensor | None]:
         if self.flip and rng.random() < 0.5:
             image = image.flip(-1)
             mask = mask.flip(-1) if mask is not None else None

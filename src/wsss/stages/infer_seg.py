@@ -7,22 +7,10 @@ labels of the manifest; probabilities that are not finite stop the stage."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from wsss.settings import SegmentParams, SegmentShardIO
+from wsss.stage import Stage
 
-from wsss.settings import NetShardIO, SegmentParams
-from wsss.stage import Stage, arg
-
-
-@dataclass(frozen=True, kw_only=True)
-class IO(NetShardIO):
-    split: str = arg("val", "split whose images are segmented")
-    out: Path = arg(help="directory of label PNGs to write")
-    present_only: bool = arg(
-        False,
-        "each pixel takes one of the image's labelled classes or the background (for the "
-        "training split, whose image labels are known)",
-    )
+IO = SegmentShardIO
 
 
 def run(io: IO, params: SegmentParams) -> None:

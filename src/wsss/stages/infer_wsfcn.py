@@ -9,21 +9,11 @@ on the labels of the manifest; probabilities that are not finite stop the stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from wsss.settings import NetShardIO, SegmentParams
+from wsss.settings import SegmentParams, SegmentShardIO
 from wsss.stage import Stage, arg
 
-
-@dataclass(frozen=True, kw_only=True)
-class IO(NetShardIO):
-    split: str = arg("val", "split whose images are segmented")
-    out: Path = arg(help="directory of label PNGs to write")
-    present_only: bool = arg(
-        False,
-        "each pixel takes one of the image's labelled classes or the background (for the "
-        "training split, whose image labels are known); no score cut",
-    )
+IO = SegmentShardIO
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,6 +5,7 @@
 # make lock   refresh requirements.lock (exact versions and hashes) from pyproject.toml
 #             (as pip resolves it on this machine)
 # make rulegraph   redraw docs/rulegraph.png (needs Graphviz's `dot`)
+# make schema  rewrite workflow/schemas/config.schema.yaml from the stages' settings
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: venv demo test test-packaging lock rulegraph clean
+.PHONY: venv demo test test-packaging lock rulegraph schema clean
 
 venv: $(STAMP)
 
@@ -50,6 +51,10 @@ test-slurm: $(STAMP)
 # The package's dependencies with its workflow and test extras, pinned with hashes.
 lock: $(STAMP)
 	$(BIN)/python tools/lock.py --out requirements.lock
+
+# The config schema: the stages' Params dataclasses + workflow/schemas/config.base.yaml.
+schema: $(STAMP)
+	$(BIN)/python -m wsss.config_schema
 
 rulegraph: $(STAMP)
 	$(BIN)/snakemake --rulegraph | dot -Tpng -Gdpi=110 > docs/rulegraph.png

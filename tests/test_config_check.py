@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from snakemake.utils import update_config
+from config_defaults import demo_config
 
 from wsss import config_check
 from wsss.config_check import ConfigError, check_config
 
 REPO = Path(__file__).resolve().parent.parent
-BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+BASE = demo_config()
 
 
 def problems(config: dict[str, Any], base_dir: Path) -> list[str]:
@@ -40,8 +39,7 @@ def test_shipped_demo_config_passes(config: dict[str, Any], tmp_path: Path) -> N
 @pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_presets_pass(preset: str, tmp_path: Path) -> None:
     """Each preset (merged over config.yaml, as --configfile is) once its files exist."""
-    config = copy.deepcopy(BASE)
-    update_config(config, yaml.safe_load((REPO / "configs" / preset).read_text()))
+    config = demo_config(REPO / "configs" / preset)
     config["dataset"]["root"] = str(tmp_path)
     for section in ("cam", "affinity", "seg"):
         weights = config[section]["train"]["weights"]

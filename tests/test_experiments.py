@@ -8,13 +8,13 @@ import graphlib
 from pathlib import Path
 
 import pytest
-import yaml
+from config_defaults import demo_config
 
 from wsss.experiments import TRAININGS, Experiment, expand, lookup, merge, owner, plan
 from wsss.pipeline import ARTEFACTS, METHODS, STEPS, all_steps, networks_of, steps_of
 
 REPO = Path(__file__).resolve().parent.parent
-BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+BASE = demo_config()
 
 PSA = ARTEFACTS["psa"]
 EVERY_ARTEFACT = set(PSA)

@@ -4,7 +4,6 @@ refuses before the first job, and the schema's defaults against the stages' own.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import yaml
 from test_workflow import TINY, planned_jobs
 
 from wsss.experiments import merge
+from wsss.stage import registry
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -204,20 +204,7 @@ def test_an_unknown_override_is_named_with_its_section(tmp_path: Path) -> None:
 
 # ---- the schema's defaults are the stages' defaults ---------------------------------------
 
-SECTIONS = {
-    "cam.train": "wsss.stages.train_cam:Params",
-    "cam.infer": "wsss.stages.infer_cam:Params",
-    "cam.eval": "wsss.stages.eval_maps:Params",
-    "affinity.labels": "wsss.stages.affinity_labels:Params",
-    "affinity.train": "wsss.stages.train_aff:Params",
-    "affinity.random_walk": "wsss.stages.random_walk:Params",
-    "pseudo": "wsss.stages.pseudo_masks:Params",
-    "seg.train": "wsss.stages.train_seg:Params",
-    "seg.infer": "wsss.settings:SegmentParams",
-    "wsfcn.train": "wsss.stages.train_wsfcn:Params",
-    "wsfcn.infer": "wsss.stages.infer_wsfcn:Params",
-    "demo": "wsss.stages.make_demo:Params",
-}
+SECTIONS = {s.section: s.params for s in registry().values() if s.section}
 # Params fields a rule sets itself rather than from the config section (and the flag it uses).
 SET_BY_RULE = {"seg.train": {"supervision": "--supervision {params.supervision}"}}
 # Keys of a section that the rules read themselves and do not pass on as flags (and the
@@ -232,9 +219,7 @@ def schema_section(dotted: str) -> dict:
     return node["properties"]
 
 
-def params_of(target: str) -> dict[str, object]:
-    module, name = target.split(":")
-    cls = getattr(importlib.import_module(module), name)
+def params_of(cls: type) -> dict[str, object]:
     return {f.name: f.default for f in dataclasses.fields(cls)}
 
 

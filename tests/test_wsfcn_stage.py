@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from config_defaults import demo_config
 from test_workflow import planned_jobs, snakemake
 from test_workflow_config import ONCE, dry_run
 
@@ -258,7 +259,12 @@ def test_train_masks_keep_each_image_to_its_labels(
     segment_split(wsfcn_model, tiny_manifest, tmp_path / "train", "train", present_only=True)
     every_class = replace(ONE_SCALE, score_cut=0.0)  # as --present-only, without the labels
     segment_split(
-        wsfcn_model, tiny_manifest, tmp_path / "free", "train", present_only=False, params=every_class
+        wsfcn_model,
+        tiny_manifest,
+        tmp_path / "free",
+        "train",
+        present_only=False,
+        params=every_class,
     )
     outside_labels = 0
     for rec in manifest.split("train"):
@@ -375,7 +381,7 @@ def test_the_workflow_plans_the_wsfcn_steps(tmp_path: Path, extra: dict, expecte
 
 
 def test_bad_wsfcn_settings_are_each_named(tmp_path: Path) -> None:
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = demo_config()
     check_config({**config, **METHOD}, tmp_path)
     wsfcn = merge(config, {**METHOD, "last_step": "seg"})
     wsfcn["wsfcn"]["train"].update(epochs=3, classification_epochs=3, posterior="multinomial")

@@ -29,27 +29,32 @@ class TrainParams:
         "imagenet", "backbone weights: imagenet (offline, lite0 only) or a state-dict path"
     )
     output_stride: int = arg(16, "backbone output stride (pixels)", choices=(8, 16))
-    epochs: int = arg(15, "training epochs")
-    batch_size: int = arg(8, "images per step")
-    crop_size: int = arg(448, "side of the square training crop (pixels)")
+    epochs: int = arg(15, "training epochs", minimum=1)
+    batch_size: int = arg(8, "images per step", minimum=1)
+    crop_size: int = arg(448, "side of the square training crop (pixels)", minimum=32)
     scale_range: tuple[float, float] = arg(
-        (0.5, 1.5), "random rescale: the long side becomes crop_size times a factor in this range"
+        (0.5, 1.5),
+        "random rescale: the long side becomes crop_size times a factor in this range",
+        items={"exclusiveMinimum": 0},
     )
-    jitter: float = arg(0.3, "colour jitter strength (brightness, contrast, saturation)")
-    lr: float = arg(0.01, "base learning rate (pretrained weights)")
+    jitter: float = arg(
+        0.3, "colour jitter strength (brightness, contrast, saturation)", minimum=0, maximum=1
+    )
+    lr: float = arg(0.01, "base learning rate (pretrained weights)", above=0)
     lr_multipliers: tuple[float, float, float, float] = arg(
         (1.0, 2.0, 10.0, 20.0),
         "learning-rate multipliers: pretrained weights, pretrained biases, new weights, new biases",
+        items={"minimum": 0},
     )
-    weight_decay: float = arg(5e-4, "weight decay (weights only)")
-    momentum: float = arg(0.9, "SGD momentum")
-    poly_power: float = arg(0.9, "poly schedule power: lr * (1 - step / steps) ** power")
+    weight_decay: float = arg(5e-4, "weight decay (weights only)", minimum=0)
+    momentum: float = arg(0.9, "SGD momentum", minimum=0, maximum=1)
+    poly_power: float = arg(0.9, "poly schedule power: lr * (1 - step / steps) ** power", minimum=0)
     freeze_bn: bool = arg(True, "freeze the backbone's batch norm")
     seed: int = arg(0, "random seed (weights of new layers, augmentation, batch order)")
-    num_workers: int = arg(2, "data-loading worker processes")
+    num_workers: int = arg(2, "data-loading worker processes", minimum=0)
     amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
-    warmup_epochs: float = arg(1.0, "linear learning-rate warm-up (epochs; 0: none)")
-    clip_norm: float = arg(5.0, "clip the gradient norm to this (0: no clipping)")
+    warmup_epochs: float = arg(1.0, "linear learning-rate warm-up (epochs; 0: none)", minimum=0)
+    clip_norm: float = arg(5.0, "clip the gradient norm to this (0: no clipping)", minimum=0)
     health: str = arg(
         "stop",
         "a training that fails its health checks: stop the run, warn, or ignore it",
@@ -82,20 +87,25 @@ class ClassifierParams:
         choices=("binomial", "multinomial"),
     )
     sampling_weight: float = arg(
-        0.0, "weight w of the importance-sampling loss: (1 - w) GAP + w sampling (0: off)"
+        0.0,
+        "weight w of the importance-sampling loss: (1 - w) GAP + w sampling (0: off)",
+        minimum=0,
+        maximum=1,
     )
-    samples: int = arg(10, "positions K drawn per image and class (importance sampling)")
-    similarity_weight: float = arg(0.0, "weight of the feature similarity loss (0: off)")
+    samples: int = arg(10, "positions K drawn per image and class (importance sampling)", minimum=1)
+    similarity_weight: float = arg(0.0, "weight of the feature similarity loss (0: off)", minimum=0)
     similarity_mu: float = arg(2.5, "feature similarity loss: colour-distance offset mu")
     similarity_sigma: float = arg(
         40.0,
         "feature similarity loss: spatial Gaussian sigma in image pixels, divided by the "
         "network's stride (crop size / feature grid size) in the loss; the reference's 5 "
         "feature pixels at stride 8",
+        above=0,
     )
     similarity_radius: float = arg(
         0.0,
         "feature similarity loss: pairs at most this far apart (image pixels; 0: 3 sigma)",
+        minimum=0,
     )
 
 
@@ -104,12 +114,12 @@ class CRFParams:
     """Dense CRF: 10 iterations, Gaussian sxy 3 / compat 3, bilateral sxy 80 / srgb 13 /
     compat 10 (pixel and 0-255 colour units), the reference values."""
 
-    crf_iterations: int = arg(10, "dense CRF mean-field iterations")
-    crf_gaussian_sxy: float = arg(3.0, "dense CRF Gaussian kernel width (pixels)")
-    crf_gaussian_compat: float = arg(3.0, "dense CRF Gaussian kernel weight")
-    crf_bilateral_sxy: float = arg(80.0, "dense CRF bilateral kernel width (pixels)")
-    crf_bilateral_srgb: float = arg(13.0, "dense CRF bilateral colour width (0-255)")
-    crf_bilateral_compat: float = arg(10.0, "dense CRF bilateral kernel weight")
+    crf_iterations: int = arg(10, "dense CRF mean-field iterations", minimum=0)
+    crf_gaussian_sxy: float = arg(3.0, "dense CRF Gaussian kernel width (pixels)", above=0)
+    crf_gaussian_compat: float = arg(3.0, "dense CRF Gaussian kernel weight", minimum=0)
+    crf_bilateral_sxy: float = arg(80.0, "dense CRF bilateral kernel width (pixels)", above=0)
+    crf_bilateral_srgb: float = arg(13.0, "dense CRF bilateral colour width (0-255)", above=0)
+    crf_bilateral_compat: float = arg(10.0, "dense CRF bilateral kernel weight", minimum=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,13 +127,17 @@ class SegmentParams(CRFParams):
     """Segmentation at test time: the reference scales and flip (0.5 .. 1.5, < 2 mIoU
     gain); dCRF off."""
 
-    scales: tuple[float, ...] = arg((0.5, 0.75, 1.0, 1.25, 1.5), "test-time scales")
+    scales: tuple[float, ...] = arg(
+        (0.5, 0.75, 1.0, 1.25, 1.5), "test-time scales", items={"exclusiveMinimum": 0}, min_items=1
+    )
     flip: bool = arg(True, "also segment the mirrored image")
     crf: bool = arg(False, "refine the prediction with a dense CRF")
-    batch_size: int = arg(4, "images per batch")
+    batch_size: int = arg(4, "images per batch", minimum=1)
     amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
     max_pixels: int = arg(
-        MAX_PIXELS, "largest image (pixels) the network sees; larger ones are scaled down"
+        MAX_PIXELS,
+        "largest image (pixels) the network sees; larger ones are scaled down",
+        minimum=0,
     )
 
 

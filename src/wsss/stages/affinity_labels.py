@@ -17,9 +17,15 @@ from wsss.stage import Stage, arg
 class Params(CRFParams):
     """alpha_low / alpha_high: 4 / 32 in the released code (paper: 4 / 24)."""
 
-    alpha_low: float = arg(4.0, "background power that enlarges the background (sure objects)")
-    alpha_high: float = arg(32.0, "background power that weakens the background (sure background)")
-    confidence: float = arg(0.7, "without a background class: CRF probability of a sure pixel")
+    alpha_low: float = arg(
+        4.0, "background power that enlarges the background (sure objects)", above=0
+    )
+    alpha_high: float = arg(
+        32.0, "background power that weakens the background (sure background)", above=0
+    )
+    confidence: float = arg(
+        0.7, "without a background class: CRF probability of a sure pixel", minimum=0, maximum=1
+    )
 
 
 def run(io: MapsToLabelsIO, params: Params) -> None:
@@ -62,4 +68,5 @@ STAGE = Stage(
     MapsToLabelsIO,
     Params,
     run,
+    section="affinity.labels",
 )

@@ -31,7 +31,9 @@ class Params:
         choices=("alpha", "threshold"),
     )
     bg_values: tuple[float, ...] = arg(
-        (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0), "background values swept (alphas or thresholds)"
+        (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0),
+        "background values swept (alphas or thresholds)",
+        min_items=1,
     )
 
 
@@ -105,4 +107,6 @@ def run(io: IO, params: Params) -> dict:
     return result
 
 
-STAGE = Stage("eval-maps", "score class maps against the ground truth", IO, Params, run)
+STAGE = Stage(
+    "eval-maps", "score class maps against the ground truth", IO, Params, run, section="cam.eval"
+)

@@ -21,11 +21,15 @@ class IO(NetShardIO):
 class Params:
     """Inference settings; the scales are those of the AffinityNet reference code."""
 
-    scales: tuple[float, ...] = arg((1.0, 0.5, 1.5, 2.0), "image scales averaged")
+    scales: tuple[float, ...] = arg(
+        (1.0, 0.5, 1.5, 2.0), "image scales averaged", items={"exclusiveMinimum": 0}, min_items=1
+    )
     flip: bool = arg(True, "also average the mirrored image")
     amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
     max_pixels: int = arg(
-        MAX_PIXELS, "largest image (pixels) the network sees; larger ones are scaled down"
+        MAX_PIXELS,
+        "largest image (pixels) the network sees; larger ones are scaled down",
+        minimum=0,
     )
 
 
@@ -69,4 +73,6 @@ def run(io: IO, params: Params) -> None:
             writer.add(rec.id, cams.cpu().numpy().astype(np.float32), rec.labels)
 
 
-STAGE = Stage("infer-cam", "CAMs of one shard of a split into HDF5", IO, Params, run)
+STAGE = Stage(
+    "infer-cam", "CAMs of one shard of a split into HDF5", IO, Params, run, section="cam.infer"
+)

@@ -56,4 +56,6 @@ def run(io: IO, params: SegmentParams) -> None:
     logging.getLogger(__name__).info("wrote %d label maps to %s", len(records), io.out)
 
 
-STAGE = Stage("infer-seg", "segment one shard of a split", IO, SegmentParams, run)
+STAGE = Stage(
+    "infer-seg", "segment one shard of a split", IO, SegmentParams, run, section="seg.infer"
+)

@@ -21,11 +21,16 @@ class Params(SegmentParams):
     """Test-time settings of the reference: scales 1, 0.5, 1.5, 2 with flips, score cut
     0.1, background power 3."""
 
-    scales: tuple[float, ...] = arg((1.0, 0.5, 1.5, 2.0), "test-time scales")
-    score_cut: float = arg(
-        0.1, "drop the classes whose image score (sigmoid) stays at or below this"
+    scales: tuple[float, ...] = arg(
+        (1.0, 0.5, 1.5, 2.0), "test-time scales", items={"exclusiveMinimum": 0}, min_items=1
     )
-    bg_power: float = arg(3.0, "raise the averaged background mask to this power")
+    score_cut: float = arg(
+        0.1,
+        "drop the classes whose image score (sigmoid) stays at or below this",
+        minimum=0,
+        maximum=1,
+    )
+    bg_power: float = arg(3.0, "raise the averaged background mask to this power", above=0)
 
 
 def run(io: IO, params: Params) -> None:
@@ -68,4 +73,6 @@ def run(io: IO, params: Params) -> None:
     logging.getLogger(__name__).info("wrote %d label maps to %s", len(job.records), io.out)
 
 
-STAGE = Stage("infer-wsfcn", "WS-FCN's masks of one shard of a split", IO, Params, run)
+STAGE = Stage(
+    "infer-wsfcn", "WS-FCN's masks of one shard of a split", IO, Params, run, section="wsfcn.infer"
+)

@@ -13,12 +13,17 @@ class Params:
     """Size of the generated dataset; the same settings give byte-identical files."""
 
     seed: int = arg(0, "random seed")
-    num_train: int = arg(160, "train images")
-    num_val: int = arg(48, "val images")
-    image_size: int = arg(160, "image side (pixels)")
-    max_objects: int = arg(3, "objects per image at most (1: one label per image)")
+    num_train: int = arg(160, "train images", minimum=1)
+    num_val: int = arg(48, "val images", minimum=1)
+    image_size: int = arg(160, "image side (pixels)", minimum=64)
+    max_objects: int = arg(
+        3, "objects per image at most (1: one label per image)", minimum=1, maximum=3
+    )
     marking_contrast: float = arg(
-        1.0, "spread of the class markings' colours (small: visually similar classes)"
+        1.0,
+        "spread of the class markings' colours (small: visually similar classes)",
+        maximum=1,
+        above=0,
     )
 
 
@@ -42,4 +47,6 @@ def run(io: IO, params: Params) -> None:
     )
 
 
-STAGE = Stage("make-demo", "generate the built-in demo dataset (VOC layout)", IO, Params, run)
+STAGE = Stage(
+    "make-demo", "generate the built-in demo dataset (VOC layout)", IO, Params, run, section="demo"
+)

@@ -15,7 +15,7 @@ from wsss.stage import Stage, arg
 class Params(CRFParams):
     """``alpha``: which stored background to use (16 in the paper); dCRF on by default."""
 
-    alpha: float = arg(16.0, "background power: one of the random walk's alphas")
+    alpha: float = arg(16.0, "background power: one of the random walk's alphas", above=0)
     crf: bool = arg(True, "refine with a dense CRF before the argmax")
 
 
@@ -55,5 +55,10 @@ def run(io: MapsToLabelsIO, params: Params) -> None:
 
 
 STAGE = Stage(
-    "pseudo-masks", "pseudo-masks of one shard from refined maps", MapsToLabelsIO, Params, run
+    "pseudo-masks",
+    "pseudo-masks of one shard from refined maps",
+    MapsToLabelsIO,
+    Params,
+    run,
+    section="pseudo",
 )

@@ -24,11 +24,11 @@ class IO(NetShardIO, MapsShardIO):
 class Params:
     """Random-walk settings of the paper: radius 5, beta 8, t = 2^8; alphas to sweep."""
 
-    radius: int = arg(5, "neighbours at grid distance below this radius")
-    beta: float = arg(8.0, "Hadamard power of the affinities (eq. 11)")
-    logt: int = arg(8, "log2 of the number of walk steps t")
+    radius: int = arg(5, "neighbours at grid distance below this radius", minimum=1)
+    beta: float = arg(8.0, "Hadamard power of the affinities (eq. 11)", above=0)
+    logt: int = arg(8, "log2 of the number of walk steps t", minimum=0)
     alphas: tuple[float, ...] = arg(
-        (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0), "background powers walked (and swept)"
+        (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0), "background powers walked (and swept)", min_items=1
     )
     amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
 
@@ -79,4 +79,11 @@ def run(io: IO, params: Params) -> None:
             writer.add(rec.id, fg, item.classes, background=bg, size=item.size)
 
 
-STAGE = Stage("random-walk", "refine the CAMs of one shard by the random walk", IO, Params, run)
+STAGE = Stage(
+    "random-walk",
+    "refine the CAMs of one shard by the random walk",
+    IO,
+    Params,
+    run,
+    section="affinity.random_walk",
+)

@@ -22,16 +22,21 @@ class Params(TrainParams):
     stride 8."""
 
     output_stride: int = arg(8, "backbone output stride (pixels)", choices=(8, 16))
-    epochs: int = arg(8, "training epochs")
+    epochs: int = arg(8, "training epochs", minimum=1)
+    crop_size: int = arg(
+        448, "side of the square training crop (pixels; a multiple of 8)", minimum=32, multiple_of=8
+    )
     scale_range: tuple[float, float] = arg(
-        (1.0, 1.0), "random rescale: long side = crop_size x a factor in this range"
+        (1.0, 1.0),
+        "random rescale: long side = crop_size x a factor in this range",
+        items={"exclusiveMinimum": 0},
     )
     widths: str = arg(
         "code",
         "feature widths: code (64/128/256 -> 448) or paper (128/256/512 -> 896)",
         choices=("code", "paper"),
     )
-    radius: int = arg(5, "pairs at grid distance below this radius")
+    radius: int = arg(5, "pairs at grid distance below this radius", minimum=2)
 
 
 def run(io: IO, params: Params) -> None:
@@ -83,4 +88,11 @@ def run(io: IO, params: Params) -> None:
     )
 
 
-STAGE = Stage("train-aff", "train AffinityNet on the affinity labels", IO, Params, run)
+STAGE = Stage(
+    "train-aff",
+    "train AffinityNet on the affinity labels",
+    IO,
+    Params,
+    run,
+    section="affinity.train",
+)

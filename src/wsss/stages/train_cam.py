@@ -19,15 +19,19 @@ class Params(TrainParams, ClassifierParams):
     """The shared training settings, the HFPL add-on's, and the width of the 3x3 head
     (0: no head)."""
 
-    head_channels: int = arg(512, "width of the 3x3 head before the classifier (0: none)")
-    patches: int = arg(1, "patch learning: k x k patches while training (1: none)")
+    head_channels: int = arg(
+        512, "width of the 3x3 head before the classifier (0: none)", minimum=0
+    )
+    patches: int = arg(1, "patch learning: k x k patches while training (1: none)", minimum=1)
     patch_level: str = arg(
         "head",
         "where patch learning splits: before the head, or before the backbone's last level",
         choices=("head", "backbone"),
     )
     patch_fusion: tuple[int, ...] = arg(
-        (), "explicit multi-granularity patch learning: patches per side of each branch"
+        (),
+        "explicit multi-granularity patch learning: patches per side of each branch",
+        items={"minimum": 1},
     )
 
 
@@ -124,4 +128,6 @@ def start_from(model, path: Path, classes) -> None:
         ) from err
 
 
-STAGE = Stage("train-cam", "train the CAM network on image-level labels", IO, Params, run)
+STAGE = Stage(
+    "train-cam", "train the CAM network on image-level labels", IO, Params, run, section="cam.train"
+)

@@ -21,13 +21,16 @@ class Params(TrainParams):
     supervision: ``weak`` (pseudo-masks) or ``full`` (ground-truth masks)."""
 
     output_stride: int = arg(8, "backbone output stride (pixels)", choices=(8, 16))
-    epochs: int = arg(30, "training epochs")
+    epochs: int = arg(30, "training epochs", minimum=1)
     supervision: str = arg(
-        "weak", "weak: pseudo-masks; full: the ground truth", choices=("weak", "full")
+        "weak",
+        "weak: pseudo-masks; full: the ground truth",
+        choices=("weak", "full"),
+        configurable=False,
     )
     head: str = arg("psa", "segmentation head", choices=("psa", "largefov", "aspp"))
-    head_channels: int = arg(512, "width of the psa head")
-    head_dilation: int = arg(12, "dilation of the head's 3x3 convolutions")
+    head_channels: int = arg(512, "width of the psa head", minimum=1)
+    head_dilation: int = arg(12, "dilation of the head's 3x3 convolutions", minimum=1)
 
 
 def run(io: IO, params: Params) -> None:
@@ -79,4 +82,4 @@ def run(io: IO, params: Params) -> None:
     )
 
 
-STAGE = Stage("train-seg", "train the segmentation network", IO, Params, run)
+STAGE = Stage("train-seg", "train the segmentation network", IO, Params, run, section="seg.train")

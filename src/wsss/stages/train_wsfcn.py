@@ -21,31 +21,37 @@ class Params(TrainParams, ClassifierParams):
     constant lr 1e-3), its two modules, the gate and the focal penalty, and the HFPL add-on
     on the classification branch."""
 
-    epochs: int = arg(30, "training epochs")
-    batch_size: int = arg(16, "images per step")
-    crop_size: int = arg(321, "side of the square training crop (pixels)")
-    lr: float = arg(0.001, "base learning rate (pretrained weights)")
+    epochs: int = arg(30, "training epochs", minimum=1)
+    batch_size: int = arg(16, "images per step", minimum=2)
+    crop_size: int = arg(321, "side of the square training crop (pixels)", minimum=32)
+    lr: float = arg(0.001, "base learning rate (pretrained weights)", above=0)
     poly_power: float = arg(
         0.0,
         "poly schedule power: lr * (1 - step / steps) ** power (0: constant, the reference's)",
+        minimum=0,
     )
     crop_area: tuple[float, float] = arg(
         (0.9, 1.0),
         "random resized crops covering this share of the image's area, resized to "
         "crop_size, never padded (the reference's); (0, 0): rescale by scale_range and pad "
         "as the other networks do",
+        items={"minimum": 0, "maximum": 1},
     )
     classification_epochs: int = arg(
-        7, "first epochs that train the classification loss only (no mask loss)"
+        7, "first epochs that train the classification loss only (no mask loss)", minimum=0
     )
     context: bool = arg(True, "flexible context aggregation (FCA) instead of the baseline's ASPP")
     fusion: bool = arg(
         True, "semantically consistent feature fusion (SF2) instead of the baseline's decoder"
     )
-    width: int = arg(256, "channels of the context module, the decoder and the head")
-    gate_psi: float = arg(0.3, "stochastic gate: share of the shallow features")
-    focal_lambda: float = arg(0.01, "focal mask penalty: lambda in log(lambda + mean mask)")
-    focal_p: float = arg(3.0, "focal mask penalty: power p of (1 - mean mask)")
+    width: int = arg(256, "channels of the context module, the decoder and the head", minimum=1)
+    gate_psi: float = arg(
+        0.3, "stochastic gate: share of the shallow features", minimum=0, maximum=1
+    )
+    focal_lambda: float = arg(
+        0.01, "focal mask penalty: lambda in log(lambda + mean mask)", above=0
+    )
+    focal_p: float = arg(3.0, "focal mask penalty: power p of (1 - mean mask)", minimum=0)
 
     def augmentation(self):
         """Random resized crops (``crop_area``) that never pad, or, with (0, 0), the padded
@@ -154,4 +160,11 @@ def run(io: TrainIO, params: Params) -> None:
     )
 
 
-STAGE = Stage("train-wsfcn", "train WS-FCN end to end on image-level labels", TrainIO, Params, run)
+STAGE = Stage(
+    "train-wsfcn",
+    "train WS-FCN end to end on image-level labels",
+    TrainIO,
+    Params,
+    run,
+    section="wsfcn.train",
+)

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import yaml
 
-from wsss.compare import read_benchmark
-from wsss.metrics import taken_by
-from wsss.pipeline import WEAK, all_steps
+from wsss.methods.metrics import taken_by
+from wsss.reporting.compare import read_benchmark
+from wsss.workflow.pipeline import WEAK, all_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 # The first network of each method: its training rule and directory.
@@ -63,8 +63,12 @@ def max_rss(paths: list[str]) -> float | None:
 def method_files(benchmarks: dict[str, list[str]]) -> list[str]:
     """The benchmark files of the jobs that make the method's masks: not scoring, not the
     fully supervised bound."""
-    return [p for rule, paths in benchmarks.items()
-            if not rule.startswith("eval_") and not rule.endswith("_seg_full") for p in paths]
+    return [
+        p
+        for rule, paths in benchmarks.items()
+        if not rule.startswith("eval_") and not rule.endswith("_seg_full")
+        for p in paths
+    ]
 
 
 def total_seconds(paths: list[str]) -> tuple[float, list[str]]:
@@ -121,7 +125,10 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="dataset root (sets dataset.root)")
     parser.add_argument("--classes", nargs="*", default=[], help="classes whose IoU to list")
     parser.add_argument(
-        "--where", nargs="*", default=[], metavar="CLASS",
+        "--where",
+        nargs="*",
+        default=[],
+        metavar="CLASS",
         help="classes whose recall, and the labels that take their missed pixels, to list",
     )
     parser.add_argument("--where-step", help="step for --where (default: the first)")
@@ -194,7 +201,9 @@ def main() -> int:
             + f" | {fmt(wall / 60 if trained else None, 1)} | {fmt(max_rss(own) if trained else None, 0)} |"
         )
     if unmeasured:
-        print("\nnot in the method wall times (no benchmark file): " + ", ".join(sorted(unmeasured)))
+        print(
+            "\nnot in the method wall times (no benchmark file): " + ", ".join(sorted(unmeasured))
+        )
     per_class = {
         name: {key: data.get("per_class", {}) for key, data in by_step.items()}
         for name, by_step in scored.items()
@@ -202,7 +211,9 @@ def main() -> int:
     if args.classes:
         first = the_plan["experiments"][0]["name"]
         print(f"\nper-class IoU, change against {first} (last train-split step)\n")
-        print_per_class({n: train_masks(v) or {} for n, v in per_class.items()}, first, args.classes)
+        print_per_class(
+            {n: train_masks(v) or {} for n, v in per_class.items()}, first, args.classes
+        )
         val = {n: v["seg"] for n, v in per_class.items() if "seg" in v}
         if first in val and len(val) > 1:
             print(f"\nper-class IoU of the segmentation network (val), change against {first}\n")
@@ -210,7 +221,9 @@ def main() -> int:
     if args.where:
         step = args.where_step or steps[0]
         if step not in steps:
-            parser.error(f"--where-step {step!r}: not a scored step of this config ({', '.join(steps)})")
+            parser.error(
+                f"--where-step {step!r}: not a scored step of this config ({', '.join(steps)})"
+            )
         print(f"\n{step}: recall of each class, and the labels its missed pixels go to\n")
         print_header(args.where)
         for name, by_step in scored.items():
@@ -220,9 +233,14 @@ def main() -> int:
             cells = []
             for cls in args.where:
                 if cls not in data["labels"]:
-                    parser.error(f"--where {cls!r}: not a label of {name}'s {step} ({', '.join(data['labels'])})")
+                    parser.error(
+                        f"--where {cls!r}: not a label of {name}'s {step} ({', '.join(data['labels'])})"
+                    )
                 lost = taken_by(data["confusion"], data["labels"], cls)
-                cells.append(f"{fmt(data['recall'][cls], 1)}; " + ", ".join(f"{n} {v:.0f} %" for n, v in lost))
+                cells.append(
+                    f"{fmt(data['recall'][cls], 1)}; "
+                    + ", ".join(f"{n} {v:.0f} %" for n, v in lost)
+                )
             print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from wsss.hfpl import AddOn, classifier_loss  # noqa: E402
+from wsss.methods.hfpl import AddOn, classifier_loss  # noqa: E402
 from wsss.models.backbones import build_backbone  # noqa: E402
 from wsss.models.cam import CAMNet  # noqa: E402
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from wsss.stage import registry
+from wsss.stages import registry
 
 
 def timed(args: list[str], repeat: int) -> float:

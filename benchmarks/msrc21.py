@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from wsss.pipeline import steps
+from wsss.workflow.pipeline import steps
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = tuple(step.key for step in steps("psa"))

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from wsss.randomwalk import dense_random_walk, random_walk  # noqa: E402
+from wsss.methods.randomwalk import dense_random_walk, random_walk  # noqa: E402
 
 DEPTH, CHANNELS, RADIUS, BETA, LOGT = 448, 21, 5, 8.0, 8
 METHODS = {"ours": random_walk, "dense": dense_random_walk}

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from randomwalk import make_inputs  # noqa: E402
 
-from wsss.randomwalk import random_walk, transition_matrix  # noqa: E402
+from wsss.methods.randomwalk import random_walk, transition_matrix  # noqa: E402
 
 
 def main() -> int:

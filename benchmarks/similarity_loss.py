@@ -1,11 +1,11 @@
 """Time per training step and peak memory of the HFPL feature similarity loss: the windowed
-form of wsss.hfpl against the reference's all-pairs form.
+form of wsss.methods.hfpl against the reference's all-pairs form.
 
     .venv/bin/python benchmarks/similarity_loss.py [--grids 32 64] [--batch 8] [--classes 21]
         [--sigma 40] [--stride 8] [--repeats 3] [--threads N] [--device cpu]
 
 A "step" is the loss's forward and backward pass on a batch of --batch images: colours
-[B, 3, g, g] in [0, 1] and the class maps of wsss.hfpl.class_maps [B, 1 + C, g, g] (the
+[B, 3, g, g] in [0, 1] and the class maps of wsss.methods.hfpl.class_maps [B, 1 + C, g, g] (the
 binomial posterior's max-normalised maps of smooth random logits, every class present, and
 the "none" channel; the gradient flowing into the logits), sigma 40 image pixels on a
 stride-8 grid (5 feature pixels, the reference's), window radius 3 sigma. Each
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from wsss.hfpl import AddOn, class_maps, similarity_loss, similarity_loss_all_pairs  # noqa: E402
+from wsss.methods.hfpl import AddOn, class_maps, similarity_loss, similarity_loss_all_pairs  # noqa: E402
 
 
 def make_inputs(batch: int, classes: int, grid: int, device: str):

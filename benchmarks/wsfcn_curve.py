@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from wsss.experiments import merge
+from wsss.workflow.experiments import merge
 
 ROOT = Path(__file__).resolve().parent.parent
 WSSS = str(Path(sys.executable).parent / "wsss")

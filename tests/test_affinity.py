@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.label_maps import confident_regions, pseudo_mask
+from wsss.core.settings import CRFParams
+from wsss.data.store import ImageMaps
+from wsss.methods.label_maps import confident_regions, pseudo_mask
+from wsss.methods.randomwalk import grid_average, refine
 from wsss.models.affinitynet import AffinityNet, affinity_loss, half_offsets, pair_labels
 from wsss.models.backbones import build_backbone
-from wsss.randomwalk import grid_average, refine
-from wsss.settings import CRFParams
 from wsss.stages import affinity_labels, random_walk
-from wsss.store import ImageMaps
 
 
 def regions(

@@ -227,7 +227,7 @@ def test_infer_cam_on_a_full_disk_stops_cleanly(
 
 
 def test_a_killed_writers_temporary_files_are_removed_by_the_next_write(tmp_path: Path) -> None:
-    from wsss.atomic import write_json
+    from wsss.core.atomic import write_json
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
@@ -242,7 +242,7 @@ def test_a_killed_writers_temporary_files_are_removed_by_the_next_write(tmp_path
     write_json(tmp_path / "metrics.json", {"miou": 1.0})
     assert not stale_file.exists() and running.exists() and other.exists()
     assert (tmp_path / "metrics.json").exists()
-    from wsss.atomic import atomic_dir
+    from wsss.core.atomic import atomic_dir
 
     with atomic_dir(tmp_path / "shard-0") as tmp:
         (tmp / "a.png").write_bytes(b"x")
@@ -252,7 +252,7 @@ def test_a_killed_writers_temporary_files_are_removed_by_the_next_write(tmp_path
 def test_a_large_image_is_scaled_to_the_pixel_budget(caplog: pytest.LogCaptureFixture) -> None:
     """Scales that would exceed max_pixels are lowered, the choice logged; the maps keep
     the image's size. Small images keep their scales."""
-    from wsss.inference import capped_scales, multiscale_cams, segment
+    from wsss.methods.inference import capped_scales, multiscale_cams, segment
 
     assert capped_scales(100, 100, [1.0, 2.0], 40_000) == [1.0, 2.0]
     with caplog.at_level("INFO"):
@@ -362,9 +362,9 @@ def test_predict_coco_rle_decodes_to_the_png_masks(random_seg_model: Path, tmp_p
 
 
 def test_a_missing_pydensecrf_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from wsss.crf import dense_crf
-    from wsss.errors import MissingDependency
-    from wsss.settings import CRFParams
+    from wsss.core.errors import MissingDependency
+    from wsss.core.settings import CRFParams
+    from wsss.methods.crf import dense_crf
 
     monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import fails as if absent
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.common import shard_records
 from wsss.data.manifest import Manifest, read_mask
 from wsss.data.palette import label_image
-from wsss.inference import multiscale_cams
+from wsss.data.store import MapsReader, MapsWriter, StoreError
+from wsss.jobs import shard_records
+from wsss.methods.inference import multiscale_cams
 from wsss.models.cam import CAMNet
 from wsss.models.registry import load_model
 from wsss.stages import eval_maps, train_cam
-from wsss.store import MapsReader, MapsWriter, StoreError
 
 FAST = train_cam.Params(
     backbone="lite0",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import wsss.stages
 from wsss.cli import build_parser
-from wsss.stage import Stage, registry
+from wsss.core.stage import Stage
+from wsss.stages import registry
 
 STAGES_DIR = Path(wsss.stages.__file__).parent
 # The commands the workflow and the docs use.
@@ -44,7 +45,7 @@ COMMANDS = {
 HELP_WITHOUT_TORCH = """
 import contextlib, io, json, sys
 from wsss.cli import build_parser, main
-from wsss.stage import registry
+from wsss.stages import registry
 
 results = {}
 for argv in [["--help"]] + [[name, "--help"] for name in registry()]:

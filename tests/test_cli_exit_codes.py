@@ -14,12 +14,12 @@ import tomllib
 
 import wsss
 from wsss import cli
-from wsss.config_check import ConfigError
+from wsss.core.errors import MissingDependency, TrainingFailed, UsageError
+from wsss.core.stage import Stage, arg
 from wsss.data.manifest import DatasetError
-from wsss.errors import MissingDependency, TrainingFailed, UsageError
+from wsss.data.store import StoreError
 from wsss.models.registry import ModelFileError
-from wsss.stage import Stage, arg
-from wsss.store import StoreError
+from wsss.workflow.config_check import ConfigError
 
 WSSS = [sys.executable, "-m", "wsss.cli"]
 REPO = Path(__file__).resolve().parent.parent

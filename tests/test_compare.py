@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from wsss.compare import compare, write_comparison
+from wsss.reporting.compare import compare, write_comparison
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
 STEPS = [
@@ -169,7 +169,10 @@ def test_missing_metrics_file_names_it(plan: dict, tmp_path: Path) -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, wsss.compare; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    code = (
+        "import sys, wsss.reporting.compare; "
+        "print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.split() == ["False", "False"], result.stderr
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from config_defaults import demo_config
 
-from wsss import config_check
-from wsss.config_check import ConfigError, check_config
+from wsss.workflow import config_check
+from wsss.workflow.config_check import ConfigError, check_config
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = demo_config()
@@ -211,6 +211,6 @@ def test_constants_match_the_code() -> None:
 
 
 def test_import_leaves_torch_out() -> None:
-    code = "import sys, wsss.config_check; print('torch' in sys.modules)"
+    code = "import sys, wsss.workflow.config_check; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -12,8 +12,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from wsss import config_schema
-from wsss.settings import CRFParams
-from wsss.stage import Stage, arg
+from wsss.core.settings import CRFParams
+from wsss.core.stage import Stage, arg
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from wsss.core.errors import MissingDependency
 from wsss.data import build_manifest
 from wsss.data.manifest import DatasetError
-from wsss.errors import MissingDependency
 from wsss.models.resnet38d import ResNet38d, load_resnet38d_weights
 from wsss.stages import convert
 from wsss.stages.convert import (

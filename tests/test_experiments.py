@@ -1,5 +1,6 @@
-"""Experiments (wsss.experiments) and the pipeline's artefact graph (wsss.pipeline): expanding
-a config into experiments, which experiment owns each artefact, and the comparison plan."""
+"""Experiments (wsss.workflow.experiments) and the pipeline's artefact graph
+(wsss.workflow.pipeline): expanding a config into experiments, which experiment owns each
+artefact, and the comparison plan."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 from config_defaults import demo_config
 
-from wsss.experiments import TRAININGS, Experiment, expand, lookup, merge, owner, plan
-from wsss.pipeline import ARTEFACTS, METHODS, STEPS, all_steps, networks_of, steps_of
+from wsss.workflow.experiments import TRAININGS, Experiment, expand, lookup, merge, owner, plan
+from wsss.workflow.pipeline import ARTEFACTS, METHODS, STEPS, all_steps, networks_of, steps_of
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = demo_config()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.errors import MissingDependency
+from wsss.core.errors import MissingDependency
 from wsss.models.backbones import build_backbone
 from wsss.models.cam import CAMNet
 from wsss.models.deeplab import SegNet

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from wsss.data.manifest import Manifest
+from wsss.data.store import MapsWriter
 from wsss.stages.figure import IO, run
-from wsss.store import MapsWriter
 
 
 def cams(path: Path, manifest: Manifest, top: bool) -> Path:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from wsss import gpu_slots
-from wsss.gpu_slots import claim, parse_nvidia_smi, parse_visible, try_claim
+from wsss.workflow import gpu_slots
+from wsss.workflow.gpu_slots import claim, parse_nvidia_smi, parse_visible, try_claim
 
 WSSS = [sys.executable, "-m", "wsss.cli"]
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from wsss.health import (
+from wsss.training.health import (
     Problem,
     average_precision,
     border_ratio,

@@ -1,4 +1,4 @@
-"""The HFPL add-on (wsss.hfpl): importance sampling and the feature similarity loss, with
+"""The HFPL add-on (wsss.methods.hfpl): importance sampling and the feature similarity loss, with
 the binomial and the multinomial posterior, and its use by the CAM training."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss import hfpl
-from wsss.hfpl import AddOn
+from wsss.methods import hfpl
+from wsss.methods.hfpl import AddOn
 from wsss.stages import train_cam
 
 # Upper 0.1 % point of the chi-square distribution with 15 degrees of freedom.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsss.metrics import background_score, confusion, maps_to_labels, scores, taken_by
+from wsss.methods.metrics import background_score, confusion, maps_to_labels, scores, taken_by
 
 
 def test_confusion_ignores_255_and_counts_pairs() -> None:

@@ -9,14 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss.randomwalk import (
-    dense_random_walk,
-    neighbour_mask,
-    neighbour_offsets,
-    pairwise_affinity,
-    random_walk,
-    transition_matrix,
-)
+from wsss.methods.randomwalk import dense_random_walk, random_walk, transition_matrix
+from wsss.models.affinitynet import neighbour_mask, neighbour_offsets, pairwise_affinity
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -211,7 +205,7 @@ def test_cuda_matches_cpu() -> None:
 def test_the_walk_runs_on_one_thread_and_restores_the_setting(monkeypatch) -> None:
     """On the CPU the walk's many small products run on one thread (robust to a loaded
     machine); torch's thread setting is the caller's again afterwards."""
-    import wsss.randomwalk as rw
+    import wsss.methods.randomwalk as rw
 
     seen = []
     real = rw.transition_matrix

@@ -20,16 +20,16 @@ import pytest
 import torch
 from PIL import Image
 
+from wsss.core.errors import EXIT_INPUT, EXIT_TRAINING
+from wsss.core.settings import TrainParams
 from wsss.data.manifest import Manifest
-from wsss.errors import EXIT_INPUT, EXIT_TRAINING
+from wsss.data.store import MapsWriter, StoreError
 from wsss.models.affinitynet import AffinityNet
 from wsss.models.backbones import build_backbone
 from wsss.models.cam import CAMNet
 from wsss.models.deeplab import SegNet
 from wsss.models.registry import save_model
-from wsss.settings import TrainParams
-from wsss.store import MapsWriter, StoreError
-from wsss.training import check_health
+from wsss.training.loop import check_health
 
 CAM_ARCH = {"backbone": "lite0", "output_stride": 16, "head_channels": 8}
 SEG_ARCH = {
@@ -410,8 +410,8 @@ def test_shards_of_two_models_are_refused_together(
 def test_the_store_checks_the_model_given(
     models: dict[str, Path], cam_shards: dict[str, Path]
 ) -> None:
+    from wsss.data.store import MapsReader
     from wsss.models.registry import load_model
-    from wsss.store import MapsReader
 
     fingerprint = load_model(models["cam"], "cam").fingerprint
     with MapsReader([cam_shards["a"]], kind="cam", model=fingerprint) as reader:

@@ -21,8 +21,8 @@ from PIL import Image
 from test_workflow import TINY, planned_jobs
 
 from wsss.data.demo import generate
-from wsss.experiments import merge
-from wsss.stages.prepare_dataset import dataset_files, dataset_listing
+from wsss.stages.prepare import dataset_files, dataset_listing
+from wsss.workflow.experiments import merge
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -324,7 +324,7 @@ def test_a_run_or_experiment_that_is_not_a_plain_name_is_refused(
 
 
 def test_the_names_are_checked_without_the_schema_too() -> None:
-    from wsss.experiments import expand
+    from wsss.workflow.experiments import expand
 
     for config in (
         {"run": "..", "dataset": {"kind": "demo", "root": "d"}},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wsss.report import stage_table
+from wsss.reporting.report import stage_table
 
 
 def write(path: Path, miou: float) -> Path:

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from wsss.inference import segment
+from wsss.core.settings import SegmentParams
+from wsss.methods.inference import segment
 from wsss.models.backbones import build_backbone
 from wsss.models.deeplab import HEADS, SegNet
 from wsss.models.registry import load_model
-from wsss.settings import SegmentParams
 from wsss.stages import predict, train_seg
 
 DATA = Path(__file__).parent / "data"

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from wsss.store import MapsReader, MapsWriter, StoreError
+from wsss.data.store import MapsReader, MapsWriter, StoreError
 
 
 def write_shard(path: Path, ids: list[str], shard: int = 0, num_shards: int = 1) -> dict:

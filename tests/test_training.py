@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from wsss.training import EpochCheckpoints, freeze_batchnorm, param_groups, set_poly_lr
+from wsss.training.loop import EpochCheckpoints, freeze_batchnorm, param_groups, set_poly_lr
 
 
 def small_net() -> tuple[nn.Module, nn.Module]:

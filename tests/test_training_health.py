@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wsss import held_out
 from wsss.data.manifest import Manifest
 from wsss.stages import train_cam
+from wsss.training import held_out
 
 TINY = dict(output_stride=16, head_channels=32, batch_size=8, crop_size=64, num_workers=0)
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from test_workflow import TINY, planned_jobs
 
-from wsss.experiments import merge
-from wsss.stage import registry
+from wsss.stages import registry
+from wsss.workflow.experiments import merge
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -279,7 +279,12 @@ def test_a_cpu_run_requests_no_gpu_even_with_the_slurm_profile(
     """Every network job asks for a GPU (Snakemake's ``gpu`` resource, --gpus=1 on SLURM)
     unless the run's device is the CPU: then none does, so a cluster queues it as a CPU job."""
     proc = dry_run(
-        tmp_path, {"device": device}, "--workflow-profile", str(REPO / "profiles/slurm"), "--cores", "2"
+        tmp_path,
+        {"device": device},
+        "--workflow-profile",
+        str(REPO / "profiles/slurm"),
+        "--cores",
+        "2",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     requests = re.findall(r"resources: .*", proc.stdout)

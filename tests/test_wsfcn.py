@@ -1,5 +1,5 @@
-"""WS-FCN (wsss.models.wsfcn) and the single-stage signal it trains with (wsss.single_stage,
-wsss.pamr): PAMR, nGWP, pseudo ground truth, balanced cross-entropy, gate, flow warp, and
+"""WS-FCN (wsss.models.wsfcn) and the single-stage signal it trains with (wsss.methods.single_stage,
+wsss.methods.pamr): PAMR, nGWP, pseudo ground truth, balanced cross-entropy, gate, flow warp, and
 the whole network's shapes and gradients."""
 
 from __future__ import annotations
@@ -10,18 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss import single_stage
 from wsss.data.manifest import IGNORE
-from wsss.models.backbones import build_backbone
-from wsss.models.wsfcn import ASPP, WSFCN, FlexibleContext, StochasticGate, flow_warp, from_arch
-from wsss.pamr import pamr
-from wsss.single_stage import (
+from wsss.methods import single_stage
+from wsss.methods.hfpl import AddOn, with_addon
+from wsss.methods.pamr import pamr
+from wsss.methods.single_stage import (
     balanced_cross_entropy,
-    ngwp,
     pseudo_ground_truth,
     single_stage_loss,
-    single_stage_output,
+    wsfcn_loss,
 )
+from wsss.models.backbones import build_backbone
+from wsss.models.ngwp import ngwp, single_stage_output
+from wsss.models.wsfcn import ASPP, WSFCN, FlexibleContext, StochasticGate, flow_warp, from_arch
 
 # --------------------------------------------------------------------------- PAMR
 
@@ -268,3 +269,37 @@ def test_arch_round_trip() -> None:
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
     assert model.backbone not in model.new_modules()
+
+
+# --------------------------------------------------------------------------- the training loss
+
+
+def test_wsfcn_loss_adds_the_hfpl_terms_on_background_shifted_logits() -> None:
+    """Without the add-on: the single-stage loss, the mask term recorded as 0 while it is
+    off. With the similarity loss: classification + lambda similarity (+ the mask term),
+    the similarity computed on the class logits minus the background logit."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32) * 255
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    output = single_stage_output(torch.randn(2, 3, 8, 8), background=True)
+
+    plain, terms = wsfcn_loss(output, images, labels, False, AddOn())
+    reference, _ = single_stage_loss(output, images, labels, False)
+    assert torch.equal(plain, reference) and terms["segmentation"].item() == 0.0
+
+    addon = AddOn(similarity_weight=0.5, similarity_sigma=8.0, background=True)
+    for segmentation in (False, True):
+        total, terms = wsfcn_loss(output, images, labels, segmentation, addon)
+        _, expected = with_addon(
+            terms["classification"], "classification", output.class_logits - 1.0, images,
+            labels, addon,
+        )  # fmt: skip
+        unshifted = with_addon(
+            terms["classification"], "classification", output.class_logits, images, labels, addon
+        )[1]["similarity"]
+        assert torch.allclose(terms["similarity"], expected["similarity"])
+        assert not torch.allclose(terms["similarity"], unshifted)
+        mask = terms["segmentation"] if segmentation else 0.0
+        assert torch.allclose(
+            total, terms["classification"] + 0.5 * terms["similarity"] + mask, atol=1e-6
+        )

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.data.datasets import PAD_RGB, Augment, resized_crop_box
-from wsss.inference import segment_single_stage
+from wsss.methods.inference import segment_single_stage
+from wsss.methods.pamr import pamr
 from wsss.models.backbones import build_backbone
+from wsss.models.ngwp import single_stage_output
 from wsss.models.wsfcn import (
     FLOW_UNIT,
     WSFCN,
@@ -25,8 +27,6 @@ from wsss.models.wsfcn import (
     flow_warp,
     trimmed_conv,
 )
-from wsss.pamr import pamr
-from wsss.single_stage import single_stage_output
 
 
 def _padded_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

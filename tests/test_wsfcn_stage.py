@@ -18,16 +18,17 @@ from config_defaults import demo_config
 from test_workflow import planned_jobs, snakemake
 from test_workflow_config import ONCE, dry_run
 
-from wsss import hfpl, single_stage
 from wsss.api import load
-from wsss.config_check import ConfigError, check_config
+from wsss.core.settings import TrainIO
 from wsss.data.manifest import Manifest, read_image, read_mask
-from wsss.experiments import merge
+from wsss.methods import hfpl, single_stage
+from wsss.models import ngwp
 from wsss.models.registry import ModelFileError, load_model
 from wsss.models.wsfcn import WSFCN
-from wsss.settings import TrainIO
 from wsss.stages import eval_labels, infer_wsfcn, predict, train_wsfcn
-from wsss.training import check_health
+from wsss.training.loop import check_health
+from wsss.workflow.config_check import ConfigError, check_config
+from wsss.workflow.experiments import merge
 
 REPO = Path(__file__).resolve().parent.parent
 # Two epochs on 24 images of 64 px, three steps each: the first classification only.
@@ -186,8 +187,8 @@ def test_the_shifted_class_logits_give_hfpl_the_masks() -> None:
     is then WS-FCN's masks (channel 0: the background), its binomial one is positive where a
     class beats the background."""
     torch.manual_seed(0)
-    out = single_stage.single_stage_output(torch.randn(2, 3, 5, 5) * 3, background=True)
-    shifted = out.class_logits - single_stage.BACKGROUND_LOGIT
+    out = ngwp.single_stage_output(torch.randn(2, 3, 5, 5) * 3, background=True)
+    shifted = out.class_logits - ngwp.BACKGROUND_LOGIT
     present = torch.ones(2, 3)
     multinomial = hfpl.class_maps(shifted, present, hfpl.AddOn(posterior="multinomial"))
     torch.testing.assert_close(multinomial, out.masks)

@@ -13,7 +13,7 @@
 
 Images are read as :func:`wsss.data.manifest.read_image` reads them (EXIF orientation
 applied). Inference runs on ``device`` (``auto``: a GPU when one is visible) with the
-settings of :class:`wsss.settings.SegmentParams` (scales, flip, dCRF, pixel budget) for
+settings of :class:`wsss.core.settings.SegmentParams` (scales, flip, dCRF, pixel budget) for
 segmentation and the CAM scales of the workflow for CAMs.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wsss.settings import SegmentParams
+from wsss.core.settings import SegmentParams
 
 ImageLike = str | os.PathLike | np.ndarray | Image.Image
 CAM_SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -63,7 +63,7 @@ class Model:
     """A model file loaded for inference (see :func:`load`)."""
 
     def __init__(self, path: str | os.PathLike[str], device: str = "auto"):
-        from wsss.common import pick_device
+        from wsss.core.runtime import pick_device
         from wsss.models.registry import load_model
 
         self.path = Path(path)
@@ -86,7 +86,7 @@ class Model:
     def predict(self, image: ImageLike, params: SegmentParams | None = None) -> Segmentation:
         """Segment one image with a segmentation model (``seg`` kind) or WS-FCN (``wsfcn``)."""
         from wsss.data.datasets import to_tensor
-        from wsss.inference import labels_from_probs, segment
+        from wsss.methods.inference import labels_from_probs, segment
 
         self._need(("seg", "wsfcn"), "predict")
         params = params or SegmentParams()
@@ -112,7 +112,7 @@ class Model:
         """Class activation maps (float [H, W] in [0, 1], each divided by its maximum) of a
         CAM model (``cam`` kind), for ``classes`` (default: every class)."""
         from wsss.data.datasets import to_tensor
-        from wsss.inference import multiscale_cams
+        from wsss.methods.inference import multiscale_cams
 
         self._need(("cam",), "cams")
         wanted = list(classes) if classes is not None else list(self.label_names)

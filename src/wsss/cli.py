@@ -1,5 +1,5 @@
 """``wsss <command> ...``: one subcommand per stage of :mod:`wsss.stages`, built from the
-stage's IO and Params dataclasses (:mod:`wsss.stage`): every field is a flag with its help,
+stage's IO and Params dataclasses (:mod:`wsss.core.stage`): every field is a flag with its help,
 its default and, where there are few, its choices."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import types
 import typing
 from collections.abc import Sequence
 
-from wsss.stage import Stage, registry
+from wsss.core.stage import Stage
+from wsss.stages import registry
 
 
 def _field_type(hint: object) -> tuple[type, bool, bool]:
@@ -89,7 +90,7 @@ def _version() -> str:
 
 def build_parser(stages: dict[str, Stage] | None = None) -> argparse.ArgumentParser:
     """The ``wsss`` parser: a subcommand per stage."""
-    from wsss.errors import EXIT_CODES_HELP
+    from wsss.core.errors import EXIT_CODES_HELP
 
     parser = argparse.ArgumentParser(
         prog="wsss",
@@ -114,21 +115,21 @@ def build_parser(stages: dict[str, Stage] | None = None) -> argparse.ArgumentPar
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run the stage, and turn expected errors into one line on stderr, with the
-    exit code of their kind (:mod:`wsss.errors`: 2 usage, 3 input, 4 training health)."""
+    exit code of their kind (:mod:`wsss.core.errors`: 2 usage, 3 input, 4 training health)."""
     args = build_parser().parse_args(argv)
     stage: Stage = args._stage
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from wsss.errors import EXIT_INTERRUPTED, exit_code
+    from wsss.core.errors import EXIT_INTERRUPTED, exit_code
 
     io = values_of(stage.io, args)
     params = values_of(stage.params, args) if stage.params is not None else None
     try:
         if getattr(io, "device", "cpu") != "cpu":
             # Before CUDA starts: one free GPU per job when several run at once.
-            from wsss.gpu_slots import claim
+            from wsss.workflow.gpu_slots import claim
 
             claim()
         stage.run(io, params)

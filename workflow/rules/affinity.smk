@@ -6,9 +6,9 @@
 rule affinity_labels:
     input:
         manifest=manifest,
-        cams=lambda wc: at(wc.exp, "cam", f"cam/shard-{wc.shard}.h5"),
+        cams=lambda wc: at(wc.exp, "cam", shard=wc.shard),
     output:
-        labels=directory(out("aff_labels/shard-{shard}")),
+        labels=directory(out_of("aff_labels")),
     params:
         flags=section("affinity", "labels"),
         split=setting("dataset", "train_split"),
@@ -31,11 +31,12 @@ rule affinity_labels:
 rule eval_aff_labels:
     input:
         manifest=manifest,
-        labels=lambda wc: shards(wc.exp, "aff_labels", "aff_labels/shard-{}"),
+        labels=lambda wc: shards(wc.exp, "aff_labels"),
     output:
-        metrics=out("metrics/aff_labels.json"),
+        metrics=out_of("aff_eval"),
     params:
         split=setting("dataset", "eval_split"),
+        stage="aff_labels",
     log:
         log("eval_aff_labels"),
     benchmark:
@@ -44,15 +45,15 @@ rule eval_aff_labels:
         "../../envs/wsss.yaml"
     shell:
         "wsss eval-labels --manifest {input.manifest:q} --labels {input.labels:q}"
-        " --out {output.metrics:q} --stage aff_labels --split {params.split:q} > {log:q} 2>&1"
+        " --out {output.metrics:q} --stage {params.stage} --split {params.split:q} > {log:q} 2>&1"
 
 
 rule train_aff:
     input:
         manifest=manifest,
-        labels=lambda wc: shards(wc.exp, "aff_labels", "aff_labels/shard-{}"),
+        labels=lambda wc: shards(wc.exp, "aff_labels"),
     output:
-        model=out("aff/model.pt"),
+        model=out_of("aff_model"),
     params:
         flags=section("affinity", "train"),
         split=setting("dataset", "train_split"),
@@ -79,10 +80,10 @@ rule train_aff:
 rule random_walk:
     input:
         manifest=manifest,
-        cams=lambda wc: at(wc.exp, "cam", f"cam/shard-{wc.shard}.h5"),
-        model=lambda wc: at(wc.exp, "aff_model", "aff/model.pt"),
+        cams=lambda wc: at(wc.exp, "cam", shard=wc.shard),
+        model=lambda wc: at(wc.exp, "aff_model"),
     output:
-        maps=out("rw/shard-{shard}.h5"),
+        maps=out_of("rw"),
     params:
         flags=section("affinity", "random_walk"),
         split=setting("dataset", "train_split"),
@@ -105,32 +106,29 @@ rule random_walk:
         " --split {params.split:q} --device {params.device:q} {params.flags} > {log:q} 2>&1"
 
 
-rule eval_rw:
+# The random walk's maps are scored like the CAMs, at the alphas it walked.
+use rule eval_cam as eval_rw with:
     input:
         manifest=manifest,
-        maps=lambda wc: shards(wc.exp, "rw", "rw/shard-{}.h5"),
+        maps=lambda wc: shards(wc.exp, "rw"),
     output:
-        metrics=out("metrics/rw.json"),
+        metrics=out_of("rw_eval"),
     params:
+        flags="",
         split=setting("dataset", "eval_split"),
+        stage="rw",
     log:
         log("eval_rw"),
     benchmark:
         bench("eval_rw")
-    conda:
-        "../../envs/wsss.yaml"
-    shell:
-        "wsss eval-maps --manifest {input.manifest:q} --maps {input.maps:q}"
-        " --out {output.metrics:q}"
-        " --stage rw --split {params.split:q} > {log:q} 2>&1"
 
 
 rule pseudo_masks:
     input:
         manifest=manifest,
-        maps=lambda wc: at(wc.exp, "rw", f"rw/shard-{wc.shard}.h5"),
+        maps=lambda wc: at(wc.exp, "rw", shard=wc.shard),
     output:
-        masks=directory(out("pseudo/shard-{shard}")),
+        masks=directory(out_of("pseudo")),
     params:
         flags=section("pseudo"),
         split=setting("dataset", "train_split"),
@@ -151,20 +149,16 @@ rule pseudo_masks:
         " {params.flags} > {log:q} 2>&1"
 
 
-rule eval_pseudo:
+use rule eval_aff_labels as eval_pseudo with:
     input:
         manifest=manifest,
-        labels=lambda wc: shards(wc.exp, "pseudo", "pseudo/shard-{}"),
+        labels=lambda wc: shards(wc.exp, "pseudo"),
     output:
-        metrics=out("metrics/pseudo.json"),
+        metrics=out_of("pseudo_eval"),
     params:
         split=setting("dataset", "eval_split"),
+        stage="pseudo",
     log:
         log("eval_pseudo"),
     benchmark:
         bench("eval_pseudo")
-    conda:
-        "../../envs/wsss.yaml"
-    shell:
-        "wsss eval-labels --manifest {input.manifest:q} --labels {input.labels:q}"
-        " --out {output.metrics:q} --stage pseudo --split {params.split:q} > {log:q} 2>&1"

@@ -32,12 +32,14 @@ rule train_cam_stage:
         " {params.flags} > {log:q} 2>&1"
 
 
-rule train_cam:
+# The last (or only) CAM training: the same job as a progressive stage's, written where
+# the CAM inference reads it.
+use rule train_cam_stage as train_cam with:
     input:
         manifest=manifest,
         init=cam_init,
     output:
-        model=out("cam/model.pt"),
+        model=out_of("cam_model"),
     params:
         flags=cam_train_flags,
         init=lambda wc, input: f"--init {shlex.quote(input.init[0])}" if input.init else "",
@@ -45,29 +47,18 @@ rule train_cam:
         held_out=setting("dataset", "val_split"),
         device=setting("device"),
         state=lambda wc, output: os.path.join(os.path.dirname(output.model), "train-state"),
-    threads: config["threads"]["train"]
-    resources:
-        gpu=gpu_request,
-        **config["resources"]["train"],
     log:
         log("train_cam"),
     benchmark:
         bench("train_cam")
-    conda:
-        "../../envs/wsss.yaml"
-    shell:
-        "wsss train-cam --manifest {input.manifest:q} --out {output.model:q}"
-        " --state-dir {params.state:q} --split {params.split:q} --held-out {params.held_out:q}"
-        " --device {params.device:q} {params.init}"
-        " {params.flags} > {log:q} 2>&1"
 
 
 rule infer_cam:
     input:
         manifest=manifest,
-        model=lambda wc: at(wc.exp, "cam_model", "cam/model.pt"),
+        model=lambda wc: at(wc.exp, "cam_model"),
     output:
-        maps=out("cam/shard-{shard}.h5"),
+        maps=out_of("cam"),
     params:
         flags=section("cam", "infer"),
         split=setting("dataset", "train_split"),
@@ -92,12 +83,13 @@ rule infer_cam:
 rule eval_cam:
     input:
         manifest=manifest,
-        maps=lambda wc: shards(wc.exp, "cam", "cam/shard-{}.h5"),
+        maps=lambda wc: shards(wc.exp, "cam"),
     output:
-        metrics=out("metrics/cam.json"),
+        metrics=out_of("cam_eval"),
     params:
         flags=section("cam", "eval"),
         split=setting("dataset", "eval_split"),
+        stage="cam",
     log:
         log("eval_cam"),
     benchmark:
@@ -107,4 +99,4 @@ rule eval_cam:
     shell:
         "wsss eval-maps --manifest {input.manifest:q} --maps {input.maps:q}"
         " --out {output.metrics:q}"
-        " --stage cam --split {params.split:q} {params.flags} > {log:q} 2>&1"
+        " --stage {params.stage} --split {params.split:q} {params.flags} > {log:q} 2>&1"

@@ -2,7 +2,7 @@
 #
 # Every artefact lives under results/<experiment>/ (results/<run>/ without `experiments:`).
 # A job of experiment E reads an artefact from the directory of the first experiment whose
-# settings agree with E's up to that artefact (wsss.experiments.owner), so each distinct
+# settings agree with E's up to that artefact (wsss.workflow.experiments.owner), so each distinct
 # artefact is computed once.
 
 import fcntl
@@ -15,9 +15,9 @@ import socket
 import sys
 import time
 
-from wsss import experiments, pipeline
-from wsss.config_check import check_config
-from wsss.stages.prepare_dataset import dataset_files, dataset_listing
+from wsss.workflow import experiments, pipeline
+from wsss.workflow.config_check import check_config
+from wsss.stages.prepare import dataset_files, dataset_listing
 
 # Jobs call `wsss`: find it next to the Python that runs Snakemake (a conda env, when
 # used, is activated inside the job and comes first).
@@ -34,7 +34,7 @@ for _exp in EXPERIMENTS.values():
         raise ValueError(f"experiment '{_exp.path}': {err}") from err
 COMPARE = bool(config.get("experiments"))
 COMPARISON = f"{RESULTS}/{config['run']}/comparison"
-# Every demo dataset the experiments read: directory -> demo settings (wsss.experiments
+# Every demo dataset the experiments read: directory -> demo settings (wsss.workflow.experiments
 # gives an experiment whose demo settings differ from the base config's its own).
 DEMOS = experiments.demo_datasets(EXPERIMENTS)
 # The run's directory, locked while a run writes into it (lock_results).
@@ -64,20 +64,28 @@ def out(relative: str) -> str:
     return f"{RESULTS}/{{exp}}/{relative}"
 
 
-def at(exp: str, artefact: str, relative: str) -> str:
-    """Where experiment ``exp`` finds ``artefact`` (in its owner's directory)."""
-    return f"{RESULTS}/{experiments.owner(EXPERIMENTS, exp, artefact)}/{relative}"
+def out_of(artefact: str) -> str:
+    """The output path of ``artefact`` in the job's own experiment (its path in
+    wsss.workflow.pipeline; a sharded one's with the {shard} wildcard)."""
+    return out(pipeline.PATHS[artefact])
 
 
-def shards(exp: str, artefact: str, pattern: str) -> list[str]:
-    """Every shard of a sharded artefact, e.g. pattern 'cam/shard-{}.h5'."""
+def at(exp: str, artefact: str, **wildcards: object) -> str:
+    """Where experiment ``exp`` finds ``artefact`` (in its owner's directory); ``wildcards``
+    fill its path's (``shard=0``)."""
+    owner = experiments.owner(EXPERIMENTS, exp, artefact)
+    return f"{RESULTS}/{owner}/{pipeline.PATHS[artefact].format(**wildcards)}"
+
+
+def shards(exp: str, artefact: str) -> list[str]:
+    """Every shard of a sharded artefact, in its owner's directory."""
     owner = experiments.owner(EXPERIMENTS, exp, artefact)
     count = EXPERIMENTS[owner].config["num_shards"]
-    return [f"{RESULTS}/{owner}/{pattern.format(k)}" for k in range(count)]
+    return [at(exp, artefact, shard=k) for k in range(count)]
 
 
 def manifest(wildcards) -> str:
-    return at(wildcards.exp, "dataset", "dataset.json")
+    return at(wildcards.exp, "dataset")
 
 
 def flags(section: dict) -> str:
@@ -109,7 +117,7 @@ def setting(*keys: str):
 def metrics_of(exp: str) -> list[str]:
     """The metrics files of every scored step of an experiment, in pipeline order."""
     return [
-        at(exp, step.artefact, f"metrics/{step.key}.json")
+        at(exp, step.artefact)
         for step in pipeline.steps_of(EXPERIMENTS[exp].config)
     ]
 
@@ -118,7 +126,7 @@ def models_of(exp: str) -> list[str]:
     """The model file of every network an experiment trains (its training.csv and
     health.json lie beside it)."""
     config = EXPERIMENTS[exp].config
-    return [at(exp, artefact, path) for artefact, path in pipeline.networks_of(config).items()]
+    return [at(exp, artefact) for artefact in pipeline.networks_of(config)]
 
 
 def log(name: str) -> str:
@@ -156,7 +164,7 @@ def dataset_listing_of(wildcards) -> str:
 
 def demo_rule_name(root: str) -> str:
     """The name of the job that makes a demo dataset: make_demo for the base config's,
-    make_demo_<x> for an experiment's own (<base root>-<x>, given by wsss.experiments)."""
+    make_demo_<x> for an experiment's own (<base root>-<x>, given by wsss.workflow.experiments)."""
     base = config["dataset"]["root"]
     if root == base:
         return "make_demo"
@@ -238,8 +246,8 @@ def seg_labels(wildcards) -> list[str]:
     if wildcards.model == "seg_full":
         return []
     if pipeline.method_of(cfg(wildcards)) == "wsfcn":
-        return shards(wildcards.exp, "wsfcn_train", "wsfcn/masks-train/shard-{}")
-    return shards(wildcards.exp, "pseudo", "pseudo/shard-{}")
+        return shards(wildcards.exp, "wsfcn_train")
+    return shards(wildcards.exp, "pseudo")
 
 
 def wsfcn_split(wildcards) -> str:
@@ -271,15 +279,15 @@ def examples_input(wildcards) -> dict:
     if pipeline.method_of(cfg(wildcards)) == "wsfcn":
         return {
             "manifest": manifest(wildcards),
-            "masks": shards(exp, "wsfcn_train", "wsfcn/masks-train/shard-{}"),
-            "model": at(exp, "wsfcn_model", "wsfcn/model.pt"),
+            "masks": shards(exp, "wsfcn_train"),
+            "model": at(exp, "wsfcn_model"),
         }
     return {
         "manifest": manifest(wildcards),
-        "cams": shards(exp, "cam", "cam/shard-{}.h5"),
-        "aff": shards(exp, "aff_labels", "aff_labels/shard-{}"),
-        "pseudo": shards(exp, "pseudo", "pseudo/shard-{}"),
-        "model": at(exp, "seg_model", "seg/model.pt"),
+        "cams": shards(exp, "cam"),
+        "aff": shards(exp, "aff_labels"),
+        "pseudo": shards(exp, "pseudo"),
+        "model": at(exp, "seg_model"),
     }
 
 

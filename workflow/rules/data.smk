@@ -25,7 +25,7 @@ rule prepare_dataset:
     input:
         dataset=dataset_inputs,
     output:
-        manifest=out("dataset.json"),
+        manifest=out_of("dataset"),
     params:
         kind=setting("dataset", "kind"),
         root=setting("dataset", "root"),

@@ -1,5 +1,5 @@
 # The comparison of a config's experiments (only with `experiments:`): the plan (which
-# metrics and benchmark files belong to which experiment; wsss.experiments.plan) and the
+# metrics and benchmark files belong to which experiment; wsss.workflow.experiments.plan) and the
 # comparison table and plot.
 
 
@@ -13,7 +13,7 @@ rule experiment_plan:
     conda:
         "../../envs/wsss.yaml"
     run:
-        from wsss.atomic import write_json
+        from wsss.core.atomic import write_json
 
         write_json(output.plan, params.plan)
 

@@ -40,7 +40,7 @@ rule train_seg:
 rule infer_seg:
     input:
         manifest=manifest,
-        model=lambda wc: at(wc.exp, f"{wc.model}_model", f"{wc.model}/model.pt"),
+        model=lambda wc: at(wc.exp, f"{wc.model}_model"),
     output:
         labels=directory(out("pred/{model}/shard-{shard}")),
     params:
@@ -68,7 +68,7 @@ rule infer_seg:
 rule eval_seg:
     input:
         manifest=manifest,
-        labels=lambda wc: shards(wc.exp, f"{wc.model}_pred", f"pred/{wc.model}/shard-{{}}"),
+        labels=lambda wc: shards(wc.exp, f"{wc.model}_pred"),
     output:
         metrics=out("metrics/{model}.json"),
     params:

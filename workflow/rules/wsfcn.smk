@@ -12,7 +12,7 @@ rule train_wsfcn:
     input:
         manifest=manifest,
     output:
-        model=out("wsfcn/model.pt"),
+        model=out_of("wsfcn_model"),
     params:
         flags=section("wsfcn", "train"),
         split=setting("dataset", "train_split"),
@@ -38,7 +38,7 @@ rule train_wsfcn:
 rule infer_wsfcn:
     input:
         manifest=manifest,
-        model=lambda wc: at(wc.exp, "wsfcn_model", "wsfcn/model.pt"),
+        model=lambda wc: at(wc.exp, "wsfcn_model"),
     output:
         labels=directory(out("wsfcn/masks-{part}/shard-{shard}")),
     params:
@@ -67,7 +67,7 @@ rule infer_wsfcn:
 rule eval_wsfcn:
     input:
         manifest=manifest,
-        labels=lambda wc: shards(wc.exp, f"wsfcn_{wc.part}", f"wsfcn/masks-{wc.part}/shard-{{}}"),
+        labels=lambda wc: shards(wc.exp, f"wsfcn_{wc.part}"),
     output:
         metrics=out("metrics/wsfcn_{part}.json"),
     params:

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 from pathlib import Path
+from typing import Any
 
 from wsss.data.manifest import DatasetError, Manifest
 
 KINDS = ("demo", "voc", "msrc", "coco", "folder")
+# Each kind's loader module and the keyword arguments of its build() that the kind itself
+# sets (not options a config may pass).
+LOADERS: dict[str, tuple[str, frozenset[str]]] = {
+    "demo": ("wsss.data.voc", frozenset({"has_background", "name"})),
+    "voc": ("wsss.data.voc", frozenset()),
+    "msrc": ("wsss.data.voc", frozenset({"has_background", "name"})),
+    "coco": ("wsss.data.coco", frozenset({"mask_dir"})),
+    "folder": ("wsss.data.folder", frozenset()),
+}
+
+
+def unknown_options(kind: str, options: dict[str, Any]) -> list[str]:
+    """A problem line for each of ``options`` that the ``kind`` loader does not take."""
+    module, passed = LOADERS[kind]
+    build = importlib.import_module(module).build
+    allowed = sorted(set(inspect.signature(build).parameters) - passed - {"root"})
+    return [
+        f"dataset.options.{option}: not an option of the dataset.kind {kind} loader "
+        f"(allowed: {', '.join(allowed)})"
+        for option in options
+        if option not in allowed
+    ]
 
 
 def build_manifest(
@@ -21,8 +46,6 @@ def build_manifest(
     if not Path(root).is_dir():
         raise DatasetError(f"{root}: dataset directory does not exist")
     if kind in KINDS:
-        from wsss.config_check import unknown_options
-
         problems = unknown_options(kind, options)
         if problems:
             raise DatasetError("; ".join(problems))

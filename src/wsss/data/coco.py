@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from wsss.atomic import save_png
+from wsss.core.atomic import save_png
 from wsss.data.manifest import IGNORE, DatasetError, Manifest, Record
 from wsss.data.palette import label_image
 

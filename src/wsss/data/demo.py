@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from wsss.atomic import atomic_dir
+from wsss.core.atomic import atomic_dir
 from wsss.data.palette import label_image
 
 CLASSES: tuple[str, ...] = ("cross", "ring", "triangle", "bars", "diamond", "star")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from wsss.atomic import write_json
+from wsss.core.atomic import write_json
 
 IGNORE = 255
 FORMAT_VERSION = 1

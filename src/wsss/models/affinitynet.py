@@ -3,7 +3,7 @@
 Features of the backbone's last three levels are each reduced by a 1x1 convolution,
 brought to the stride-8 grid, concatenated and adapted by a 1x1 convolution (ELU after
 each). The affinity of two grid positions is ``W_ij = exp(-mean_d |f_i - f_j|)`` (eq. 3,
-with the channel mean of the released code): see :func:`wsss.randomwalk.pairwise_affinity`.
+with the channel mean of the released code): :func:`pairwise_affinity` below.
 """
 
 from __future__ import annotations
@@ -14,10 +14,70 @@ from torch import Tensor, nn
 
 from wsss.data.manifest import IGNORE
 from wsss.models.backbones import Backbone, build_backbone, normalize
-from wsss.randomwalk import neighbour_offsets, pairwise_affinity
 
 # Widths (three reductions, adaptation) of the released code and of the paper.
 WIDTHS = {"code": (64, 128, 256, 448), "paper": (128, 256, 512, 896)}
+
+
+def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
+    """Offsets (dy, dx) with 0 < dy^2 + dx^2 < radius^2, in lexicographic order.
+
+    Both directions of every pair are listed; the centre (0, 0) is not. ``radius`` 5 gives
+    the 68 offsets of AffinityNet's pair set, ``radius`` 1 none.
+    """
+    if radius < 1:
+        raise ValueError(f"radius must be at least 1, got {radius}")
+    span = range(-(radius - 1), radius)
+    return [(dy, dx) for dy in span for dx in span if 0 < dy * dy + dx * dx < radius * radius]
+
+
+def neighbour_mask(
+    offsets: list[tuple[int, int]],
+    height: int,
+    width: int,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Bool [K, h, w]: whether position (y, x) + offsets[k] lies inside the h x w grid."""
+    ys = torch.arange(height, device=device)[:, None]
+    xs = torch.arange(width, device=device)[None, :]
+    masks = [
+        (ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
+        for dy, dx in offsets
+    ]
+    if not masks:
+        return torch.zeros(0, height, width, dtype=torch.bool, device=device)
+    return torch.stack(masks)
+
+
+def pairwise_affinity(features: Tensor, offsets: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """Affinities between every position and its neighbours at the given offsets (eq. 3).
+
+    Args:
+        features: [B, D, h, w].
+        offsets: K offsets (dy, dx), e.g. from :func:`neighbour_offsets`.
+
+    Returns:
+        ``affinity`` [B, K, h, w] with ``affinity[b, k, y, x] =
+        exp(-mean_d |f[b, d, y, x] - f[b, d, y + dy_k, x + dx_k]|)`` where the neighbour is
+        inside the grid and 0 elsewhere, and ``valid`` bool [K, h, w], the in-grid mask.
+        Differentiable with respect to ``features``.
+    """
+    if features.dim() != 4:
+        raise ValueError(f"features must be [B, D, h, w], got shape {tuple(features.shape)}")
+    batch, _, height, width = features.shape
+    valid = neighbour_mask(offsets, height, width, features.device)
+    if not offsets:
+        return features.new_zeros(batch, 0, height, width), valid
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    padded = F.pad(features, (pad, pad, pad, pad))
+
+    def shifted(dy: int, dx: int) -> Tensor:  # [B, D, h, w]: f at (y + dy, x + dx), 0 outside
+        return padded[:, :, pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+
+    distance = features.new_empty(batch, len(offsets), height, width)
+    for k, (dy, dx) in enumerate(offsets):
+        distance[:, k] = (features - shifted(dy, dx)).abs_().mean(1)
+    return torch.exp(-distance) * valid, valid
 
 
 class AffinityNet(nn.Module):

@@ -14,7 +14,7 @@ A model file (``torch.save`` of a dict, loaded with ``weights_only=True``) holds
                  before it was added lack it; the loader computes it from the weights
                  either way, so it always describes what is loaded)
 
-The maps a model writes carry its fingerprint (:mod:`wsss.store`), so that the next stage
+The maps a model writes carry its fingerprint (:mod:`wsss.data.store`), so that the next stage
 can tell which model wrote them.
 
 A network module registers its kind in :data:`MODELS` with a builder
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from wsss.atomic import save_torch
+from wsss.core.atomic import save_torch
 
 FORMAT = "wsss-model"
 VERSION = 1

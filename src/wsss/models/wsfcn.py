@@ -25,13 +25,13 @@ Data flow (B images, C foreground classes, stride 4 grid h x w):
    deep ones);
 4. the stochastic gate mixes the deep and the shallow features (:class:`StochasticGate`);
 5. head: two 3x3 convolutions and a 1x1 classifier: class logits [B, C, h, w], turned into
-   masks and scores by :func:`wsss.single_stage.single_stage_output` (background logit only
-   when ``background``); :func:`wsss.single_stage.single_stage_loss` trains it.
+   masks and scores by :func:`wsss.models.ngwp.single_stage_output` (background logit only
+   when ``background``); :func:`wsss.methods.single_stage.single_stage_loss` trains it.
 
-HFPL (:mod:`wsss.hfpl`) reads the classifier's logit maps: these are ``output.class_logits``,
-e.g. ``hfpl.sampling_loss(output.class_logits, labels, addon)`` added to the single-stage
-loss. HFPL's multinomial posterior puts a zero background logit before the classes; with
-``output.class_logits - single_stage.BACKGROUND_LOGIT`` it equals ``output.masks``.
+HFPL (:mod:`wsss.methods.hfpl`) reads the classifier's logit maps: these are
+``output.class_logits``, e.g. ``hfpl.sampling_loss(output.class_logits, labels, addon)``
+added to the single-stage loss. HFPL's multinomial posterior puts a zero background logit before the classes; with
+``output.class_logits - ngwp.BACKGROUND_LOGIT`` it equals ``output.masks``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.models.backbones import Backbone, build_backbone, normalize
-from wsss.single_stage import FOCAL_LAMBDA, FOCAL_P, SingleStageOutput, single_stage_output
+from wsss.models.ngwp import FOCAL_LAMBDA, FOCAL_P, SingleStageOutput, single_stage_output
 
 SHALLOW_LEVEL = 1  # stride 4 in every backbone
 GATE_PSI = 0.3
@@ -334,7 +334,7 @@ class StochasticGate(nn.Module):
 
 
 class WSFCN(nn.Module):
-    """RGB images in [0, 255] [B, 3, H, W] -> :class:`~wsss.single_stage.SingleStageOutput`
+    """RGB images in [0, 255] [B, 3, H, W] -> :class:`~wsss.models.ngwp.SingleStageOutput`
     on the stride-4 grid (h = H / 4).
 
     ``context``: FCA instead of ASPP; ``fusion``: SF2 instead of the baseline's decoder;

@@ -1,5 +1,5 @@
 """Stage: affinity labels, the confident regions that supervise AffinityNet (paper 3.2.1;
-the rule is in :func:`wsss.label_maps.confident_regions`).
+the rule is in :func:`wsss.methods.label_maps.confident_regions`).
 
 Output: one palette PNG per image (label-map convention, 255 = neutral) in a directory
 per shard, at the image resolution.
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsss.settings import CRFParams, MapsToLabelsIO
-from wsss.stage import Stage, arg
+from wsss.core.settings import CRFParams, MapsToLabelsIO
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,12 +32,13 @@ def run(io: MapsToLabelsIO, params: Params) -> None:
     """Write ``io.out/<id>.png`` for every image of one shard (the directory atomically)."""
     import logging
 
-    from wsss.atomic import atomic_dir
-    from wsss.common import progress, shard_job
+    from wsss.core.atomic import atomic_dir
+    from wsss.core.runtime import progress
     from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
-    from wsss.label_maps import confident_regions
-    from wsss.store import MapsReader
+    from wsss.data.store import MapsReader
+    from wsss.jobs import shard_job
+    from wsss.methods.label_maps import confident_regions
 
     job = shard_job(io)
     manifest, records = job.manifest, job.records

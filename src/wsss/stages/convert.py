@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsss.stage import Stage, arg
+from wsss.core.stage import Stage, arg
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _read_list(path: Path) -> list[str]:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    from wsss.atomic import atomic_path
+    from wsss.core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in lines))
@@ -139,8 +139,8 @@ def read_sbd_mat(path: Path) -> Any:
     """The label map (uint8 [H, W]) of an SBD ``cls/<id>.mat`` file."""
     import numpy as np
 
+    from wsss.core.errors import MissingDependency
     from wsss.data.manifest import DatasetError
-    from wsss.errors import MissingDependency
 
     try:
         import scipy.io
@@ -171,7 +171,7 @@ def read_sbd_mat(path: Path) -> Any:
 def convert_sbd(sbd: Path, voc: Path, force: bool = False) -> dict[str, int]:
     """SBD's ``cls/*.mat`` into ``voc/SegmentationClassAug/*.png`` and
     ``voc/ImageSets/Segmentation/train_aug.txt``; returns counts."""
-    from wsss.atomic import atomic_dir
+    from wsss.core.atomic import atomic_dir
     from wsss.data.manifest import DatasetError
     from wsss.data.palette import label_image
 
@@ -286,7 +286,7 @@ def convert_msrc(
     import numpy as np
     from PIL import Image
 
-    from wsss.atomic import atomic_dir
+    from wsss.core.atomic import atomic_dir
     from wsss.data.manifest import DatasetError
     from wsss.data.palette import label_image
 
@@ -455,7 +455,7 @@ def convert_resnet38(src: Path, out: Path, force: bool = False) -> dict[str, int
     import numpy as np
     import torch
 
-    from wsss.atomic import save_torch
+    from wsss.core.atomic import save_torch
     from wsss.data.manifest import DatasetError
     from wsss.models.resnet38d import ResNet38d
 
@@ -518,7 +518,7 @@ def convert_resnet38(src: Path, out: Path, force: bool = False) -> dict[str, int
 
 def run(io: IO, params: None = None) -> dict[str, int]:
     """Run the conversion ``io.what``."""
-    from wsss.errors import UsageError
+    from wsss.core.errors import UsageError
 
     given = {name for name in ("sbd", "voc", "release", "splits", "src", "out")
              if getattr(io, name) is not None}  # fmt: skip

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import ScoreIO
-from wsss.stage import Stage, arg
+from wsss.core.settings import ScoreIO
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,10 +22,11 @@ def run(io: IO, params: None = None) -> dict:
 
     import numpy as np
 
-    from wsss.atomic import write_json
-    from wsss.common import find_labels, progress
+    from wsss.core.atomic import write_json
+    from wsss.core.runtime import progress
     from wsss.data.manifest import IGNORE, DatasetError, Manifest, read_mask
-    from wsss.metrics import confusion, scores
+    from wsss.jobs import find_labels
+    from wsss.methods.metrics import confusion, scores
 
     manifest = Manifest.load(io.manifest)
     records = manifest.with_masks(io.split)

@@ -4,7 +4,7 @@ With a background class the maps are decoded with every background value of a sw
 (alpha of ``(1 - max M) ** alpha``, or a flat threshold; for refined maps, the background
 maps stored per alpha); the best value and the whole curve are kept. Without one, each
 pixel takes the argmax over the image's present classes. Also scored: the trivial floor
-(:func:`wsss.metrics.floor_confusion`).
+(:func:`wsss.methods.metrics.floor_confusion`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import ScoreIO
-from wsss.stage import Stage, arg
+from wsss.core.settings import ScoreIO
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,11 +43,11 @@ def run(io: IO, params: Params) -> dict:
 
     import numpy as np
 
-    from wsss.atomic import write_json
-    from wsss.common import progress
+    from wsss.core.atomic import write_json
+    from wsss.core.runtime import progress
     from wsss.data.manifest import IGNORE, Manifest, read_mask
-    from wsss.metrics import confusion, floor_confusion, maps_to_labels, scores
-    from wsss.store import MapsReader
+    from wsss.data.store import MapsReader
+    from wsss.methods.metrics import confusion, floor_confusion, maps_to_labels, scores
 
     if params.bg_mode not in ("alpha", "threshold"):
         raise ValueError(f"bg_mode must be 'alpha' or 'threshold', not '{params.bg_mode}'")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsss.stage import Stage, arg
+from wsss.core.stage import Stage, arg
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _torchscript(module: Any, example: Any, tmp: Path, meta: dict) -> Any:
 
 
 def _require_onnx() -> None:
-    from wsss.errors import MissingDependency
+    from wsss.core.errors import MissingDependency
 
     missing = []
     for name in ("onnx", "onnxscript"):
@@ -263,7 +263,7 @@ def _place(tmp: Path, out: Path, force: bool) -> None:
 
 def run(io: IO, params: None = None) -> Path:
     """Export ``io.model`` to ``io.out``; returns ``io.out``."""
-    from wsss.errors import UsageError
+    from wsss.core.errors import UsageError
 
     if len(io.size) != 2 or min(io.size) < 16:
         raise UsageError(f"--size needs a height and a width of 16 or more, not {io.size}")
@@ -277,7 +277,7 @@ def run(io: IO, params: None = None) -> Path:
 
     import torch
 
-    from wsss.atomic import temp_name
+    from wsss.core.atomic import temp_name
     from wsss.models.registry import load_model
 
     loaded = load_model(io.model, KINDS)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import MANIFEST_HELP
-from wsss.stage import Stage, arg
+from wsss.core.settings import MANIFEST_HELP
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,14 +44,14 @@ def run(io: IO, params: None = None) -> None:
 
     from PIL import Image
 
-    from wsss.atomic import atomic_dir, save_png
-    from wsss.common import find_labels
+    from wsss.core.atomic import atomic_dir, save_png
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import Manifest, read_image, read_mask
-    from wsss.inference import segment
+    from wsss.data.store import MapsReader
+    from wsss.jobs import find_labels
+    from wsss.methods.inference import segment
     from wsss.models.registry import load_model
-    from wsss.store import MapsReader
-    from wsss.visualize import cam_overlay, colorize, panel
+    from wsss.reporting.visualize import cam_overlay, colorize, panel
 
     manifest = Manifest.load(io.manifest)
     records = {r.id: r for r in manifest.split(io.split)}

@@ -1,12 +1,12 @@
 """Stage: run any command on a free GPU, the slot every GPU stage claims
-(:mod:`wsss.gpu_slots`): one of ``$WSSS_GPUS``, of an existing ``$CUDA_VISIBLE_DEVICES``
+(:mod:`wsss.workflow.gpu_slots`): one of ``$WSSS_GPUS``, of an existing ``$CUDA_VISIBLE_DEVICES``
 (a SLURM allocation's), or of the devices ``nvidia-smi`` lists."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsss.stage import Stage, arg
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,8 +16,8 @@ class IO:
 
 def run(io: IO, params: None = None) -> None:
     """Replace this process by ``io.cmd`` with ``CUDA_VISIBLE_DEVICES`` set to a free GPU."""
-    from wsss.errors import UsageError
-    from wsss.gpu_slots import exec_on_slot
+    from wsss.core.errors import UsageError
+    from wsss.workflow.gpu_slots import exec_on_slot
 
     cmd = list(io.cmd[1:] if io.cmd[:1] == ("--",) else io.cmd)
     if not cmd:

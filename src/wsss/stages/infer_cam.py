@@ -1,15 +1,15 @@
 """Stage: multi-scale + flip CAM inference for one shard of a split, into HDF5.
 
 The CAM model must have been trained on the classes of the manifest; the shard records
-the model's fingerprint (:mod:`wsss.store`). Maps that are not finite stop the stage."""
+the model's fingerprint (:mod:`wsss.data.store`). Maps that are not finite stop the stage."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import MAX_PIXELS, NetShardIO
-from wsss.stage import Stage, arg
+from wsss.core.settings import MAX_PIXELS, NetShardIO
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,12 +37,13 @@ def run(io: IO, params: Params) -> None:
     """Write the CAMs of the present classes of every image of one shard to ``io.out``."""
     import numpy as np
 
-    from wsss.common import progress, shard_job
+    from wsss.core.runtime import progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
-    from wsss.inference import check_scales, multiscale_cams
+    from wsss.data.store import MapsWriter
+    from wsss.jobs import shard_job
+    from wsss.methods.inference import check_scales, multiscale_cams
     from wsss.models.registry import check_labels, load_model
-    from wsss.store import MapsWriter
 
     check_scales(params.scales)
     job = shard_job(io)

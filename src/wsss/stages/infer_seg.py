@@ -1,14 +1,14 @@
 """Stage: segment the images of one shard of a split with a trained network, the
 segmentation network or WS-FCN (multi-scale + flip, optional dCRF;
-:func:`wsss.inference.segment`), one palette PNG per image. ``--present-only`` keeps each
+:func:`wsss.methods.inference.segment`), one palette PNG per image. ``--present-only`` keeps each
 image to its labelled classes (and the background): the masks of the training split, whose
 image labels are the supervision, as pseudo-masks. The model must have been trained on the
 labels of the manifest; probabilities that are not finite stop the stage."""
 
 from __future__ import annotations
 
-from wsss.settings import SegmentParams, SegmentShardIO
-from wsss.stage import Stage
+from wsss.core.settings import SegmentParams, SegmentShardIO
+from wsss.core.stage import Stage
 
 IO = SegmentShardIO
 
@@ -17,14 +17,15 @@ def run(io: IO, params: SegmentParams) -> None:
     """Write ``io.out/<id>.png`` for every image of one shard of ``io.split``."""
     import logging
 
-    from wsss.atomic import atomic_dir
-    from wsss.common import progress, shard_job
+    from wsss.core.atomic import atomic_dir
+    from wsss.core.runtime import progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
-    from wsss.inference import check_scales, labels_from_probs, segment
+    from wsss.data.store import require_finite
+    from wsss.jobs import shard_job
+    from wsss.methods.inference import check_scales, labels_from_probs, segment
     from wsss.models.registry import check_labels, load_model
-    from wsss.store import require_finite
 
     check_scales(params.scales)
     job = shard_job(io)

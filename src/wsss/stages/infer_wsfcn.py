@@ -1,5 +1,5 @@
 """Stage: WS-FCN's masks of one shard of a split, as its reference infers them
-(:func:`wsss.inference.segment_single_stage`: masks averaged over scales and flips after
+(:func:`wsss.methods.inference.segment_single_stage`: masks averaged over scales and flips after
 the softmax, classes whose image score stays at or below ``score_cut`` dropped, the
 background raised to ``bg_power``), one palette PNG per image. ``--present-only`` keeps each
 image to its labelled classes (and the background) instead of the score cut: the masks of
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsss.settings import SegmentParams, SegmentShardIO
-from wsss.stage import Stage, arg
+from wsss.core.settings import SegmentParams, SegmentShardIO
+from wsss.core.stage import Stage, arg
 
 IO = SegmentShardIO
 
@@ -37,14 +37,15 @@ def run(io: IO, params: Params) -> None:
     """Write ``io.out/<id>.png`` for every image of one shard of ``io.split``."""
     import logging
 
-    from wsss.atomic import atomic_dir
-    from wsss.common import progress, shard_job
+    from wsss.core.atomic import atomic_dir
+    from wsss.core.runtime import progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
-    from wsss.inference import check_scales, labels_from_probs, segment_single_stage
+    from wsss.data.store import require_finite
+    from wsss.jobs import shard_job
+    from wsss.methods.inference import check_scales, labels_from_probs, segment_single_stage
     from wsss.models.registry import check_labels, load_model
-    from wsss.store import require_finite
 
     check_scales(params.scales)
     job = shard_job(io)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.stage import Stage, arg
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,8 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import DEVICE_HELP, SegmentParams
-from wsss.stage import Stage, arg
+from wsss.core.settings import DEVICE_HELP, SegmentParams
+from wsss.core.stage import Stage, arg
 
 FORMATS = ("png", "coco", "both")
 MARKER = ".wsss-predict.json"  # what makes a folder predict's own (see the module's doc)
@@ -60,15 +60,15 @@ def run(io: IO, params: Params) -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from wsss.atomic import atomic_path, save_png, write_json
-    from wsss.common import pick_device, progress
+    from wsss.core.atomic import atomic_path, save_png, write_json
+    from wsss.core.runtime import pick_device, progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import DatasetError, read_image
     from wsss.data.palette import label_image
-    from wsss.inference import check_scales, labels_from_probs, segment
+    from wsss.data.store import require_finite
+    from wsss.methods.inference import check_scales, labels_from_probs, segment
     from wsss.models.registry import load_model
-    from wsss.store import require_finite
-    from wsss.visualize import colorize
+    from wsss.reporting.visualize import colorize
 
     log = logging.getLogger(__name__)
     images_dir, out_dir = Path(io.images), Path(io.out)
@@ -190,7 +190,7 @@ class CocoWriter:
 
     def write(self, path: Path, model: str) -> None:
         from wsss import __version__
-        from wsss.atomic import write_json
+        from wsss.core.atomic import write_json
 
         write_json(
             path,
@@ -224,7 +224,7 @@ def claim_folder(out_dir: Path, planned: list[str], marker: dict) -> None:
     import json
     import logging
 
-    from wsss.atomic import remove_stale, write_json
+    from wsss.core.atomic import remove_stale, write_json
 
     entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     if out_dir.exists() and not out_dir.is_dir():

@@ -1,4 +1,4 @@
-"""Stage: pseudo-masks from refined maps (paper 3.4; :func:`wsss.label_maps.pseudo_mask`):
+"""Stage: pseudo-masks from refined maps (paper 3.4; :func:`wsss.methods.label_maps.pseudo_mask`):
 upsample to the image, optional dCRF, argmax (the background included where the dataset
 has one); one palette PNG per image. The input must be random-walk shards of the manifest's
 labels, all from one model."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsss.settings import CRFParams, MapsToLabelsIO
-from wsss.stage import Stage, arg
+from wsss.core.settings import CRFParams, MapsToLabelsIO
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,12 +23,13 @@ def run(io: MapsToLabelsIO, params: Params) -> None:
     """Write ``io.out/<id>.png`` for every image of one shard (the directory atomically)."""
     import logging
 
-    from wsss.atomic import atomic_dir
-    from wsss.common import progress, shard_job
+    from wsss.core.atomic import atomic_dir
+    from wsss.core.runtime import progress
     from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
-    from wsss.label_maps import pseudo_mask
-    from wsss.store import MapsReader, StoreError
+    from wsss.data.store import MapsReader, StoreError
+    from wsss.jobs import shard_job
+    from wsss.methods.label_maps import pseudo_mask
 
     job = shard_job(io)
     manifest, records = job.manifest, job.records

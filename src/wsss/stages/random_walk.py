@@ -1,5 +1,5 @@
 """Stage: refine the CAMs of one shard by the random walk with AffinityNet's affinities
-(paper 3.3; the math is :func:`wsss.randomwalk.refine`). Output: the refined maps on the
+(paper 3.3; the math is :func:`wsss.methods.randomwalk.refine`). Output: the refined maps on the
 stride-8 grid in HDF5, with one background map per walked alpha.
 
 The input must be CAM shards of the manifest's labels, all from one model; the affinity
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import MapsShardIO, NetShardIO
-from wsss.stage import Stage, arg
+from wsss.core.settings import MapsShardIO, NetShardIO
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,12 +35,13 @@ class Params:
 
 def run(io: IO, params: Params) -> None:
     """Write the refined maps of every image of one shard to ``io.out``."""
-    from wsss.common import progress, shard_job
+    from wsss.core.runtime import progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
+    from wsss.data.store import MapsReader, MapsWriter
+    from wsss.jobs import shard_job
+    from wsss.methods.randomwalk import GRID, refine
     from wsss.models.registry import check_labels, load_model
-    from wsss.randomwalk import GRID, refine
-    from wsss.store import MapsReader, MapsWriter
 
     job = shard_job(io)
     manifest = job.manifest

@@ -1,12 +1,12 @@
 """Stage: the per-stage mIoU table (HTML) and per-class IoU plot (PNG) of a run
-(:mod:`wsss.report`)."""
+(:mod:`wsss.reporting.report`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.stage import Stage, arg
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,7 +22,7 @@ class IO:
 
 def run(io: IO, params: None = None) -> None:
     """Write the table and the plot of the given metrics files."""
-    from wsss.report import per_class_plot, stage_table, training_curves
+    from wsss.reporting.report import per_class_plot, stage_table, training_curves
 
     stage_table(io.metrics, io.table, io.histories)
     per_class_plot(io.metrics, io.plot)

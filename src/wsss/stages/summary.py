@@ -1,11 +1,11 @@
-"""Stage: print every stage's mIoU and the artefacts of a run (:mod:`wsss.summary`)."""
+"""Stage: print every stage's mIoU and the artefacts of a run (:mod:`wsss.reporting.summary`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.stage import Stage, arg
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,7 +15,7 @@ class IO:
 
 def run(io: IO, params: None = None) -> None:
     """Print the summary of ``io.run_dir``."""
-    from wsss.summary import summarize
+    from wsss.reporting.summary import summarize
 
     print(summarize(io.run_dir))
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import TrainIO, TrainParams
-from wsss.stage import Stage, arg
+from wsss.core.settings import TrainIO, TrainParams
+from wsss.core.stage import Stage, arg
 
-GRID = 8  # stride of the affinity features (wsss.randomwalk.GRID)
+GRID = 8  # stride of the affinity features (wsss.methods.randomwalk.GRID)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,12 +41,12 @@ class Params(TrainParams):
 
 def run(io: IO, params: Params) -> None:
     """Train on the images of ``io.split`` with the affinity labels in ``io.labels``."""
-    from wsss import held_out
-    from wsss.common import find_labels
     from wsss.data.datasets import ImageMasks
     from wsss.data.manifest import DatasetError, Manifest
+    from wsss.jobs import find_labels
     from wsss.models.affinitynet import AffinityNet, affinity_loss
-    from wsss.training import train_network
+    from wsss.training import held_out
+    from wsss.training.loop import TrainingSpec, train_network
 
     if params.crop_size % GRID:
         raise ValueError(f"crop_size must be a multiple of {GRID}, not {params.crop_size}")
@@ -69,22 +69,26 @@ def run(io: IO, params: Params) -> None:
         return value
 
     train_network(
-        "train-aff",
+        TrainingSpec(
+            name="train-aff",
+            build=lambda backbone: AffinityNet(backbone, params.widths),
+            dataset=lambda augment: ImageMasks(records, labels, augment, params.seed),
+            loss=loss,
+            kind="affinity",
+            arch={"widths": params.widths},
+            label_names=manifest.label_names,
+            inputs=[Path(labels[r.id]) for r in records],  # their contents, not only names
+            held_out=lambda: (
+                held_out.affinity(
+                    manifest.split(io.held_out), params.radius, params.crop_size, GRID
+                )
+                if io.held_out
+                else None
+            ),
+            config_key="affinity.train",
+        ),
         io,
         params,
-        build=lambda backbone: AffinityNet(backbone, params.widths),
-        dataset=lambda augment: ImageMasks(records, labels, augment, params.seed),
-        loss=loss,
-        kind="affinity",
-        arch={"widths": params.widths},
-        label_names=manifest.label_names,
-        inputs=[Path(labels[r.id]) for r in records],  # their contents, not only names
-        held_out=lambda: (
-            held_out.affinity(manifest.split(io.held_out), params.radius, params.crop_size, GRID)
-            if io.held_out
-            else None
-        ),
-        config_key="affinity.train",
     )
 
 

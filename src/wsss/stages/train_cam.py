@@ -1,6 +1,6 @@
 """Stage: train the CAM network on image-level labels (multi-label soft-margin loss on the
 globally average-pooled logits; with the HFPL add-on, importance sampling and the feature
-similarity loss as well, :mod:`wsss.hfpl`). Patch learning, its explicit multi-granularity
+similarity loss as well, :mod:`wsss.methods.hfpl`). Patch learning, its explicit multi-granularity
 variant and the stages of progressive patch learning (:mod:`wsss.models.cam`) are settings
 of the same stage; a progressive stage starts from the previous stage's model (``--init``).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import ClassifierParams, TrainIO, TrainParams
-from wsss.stage import Stage, arg
+from wsss.core.settings import ClassifierParams, TrainIO, TrainParams
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,12 +48,12 @@ def run(io: IO, params: Params) -> None:
     """Train on the labelled images of ``io.split``; write the model file ``io.out``."""
     import torch.nn.functional as F
 
-    from wsss import held_out
     from wsss.data.datasets import ImageLabels
     from wsss.data.manifest import DatasetError, Manifest
-    from wsss.hfpl import AddOn, classifier_loss
+    from wsss.methods.hfpl import AddOn, classifier_loss
     from wsss.models.cam import CAMNet
-    from wsss.training import train_network
+    from wsss.training import held_out
+    from wsss.training.loop import TrainingSpec, train_network
 
     manifest = Manifest.load(io.manifest)
     records = [r for r in manifest.split(io.split) if r.labels]
@@ -81,27 +81,31 @@ def run(io: IO, params: Params) -> None:
         return F.multilabel_soft_margin_loss(model(images).float(), targets)
 
     train_network(
-        "train-cam",
+        TrainingSpec(
+            name="train-cam",
+            build=build,
+            dataset=lambda augment: ImageLabels(records, num_classes, augment, params.seed),
+            loss=loss,
+            kind="cam",
+            arch={
+                "head_channels": params.head_channels,
+                "patches": params.patches,
+                "patch_level": params.patch_level,
+                "fusion": list(params.patch_fusion),
+            },
+            label_names=manifest.classes,
+            held_out=lambda: (
+                held_out.classifier(
+                    manifest.split(io.held_out), records, num_classes, params.crop_size
+                )
+                if io.held_out
+                else None
+            ),
+            config_key="cam.train",
+            inputs=[io.init] if io.init is not None else [],
+        ),
         io,
         params,
-        build=build,
-        dataset=lambda augment: ImageLabels(records, num_classes, augment, params.seed),
-        loss=loss,
-        kind="cam",
-        arch={
-            "head_channels": params.head_channels,
-            "patches": params.patches,
-            "patch_level": params.patch_level,
-            "fusion": list(params.patch_fusion),
-        },
-        label_names=manifest.classes,
-        held_out=lambda: (
-            held_out.classifier(manifest.split(io.held_out), records, num_classes, params.crop_size)
-            if io.held_out
-            else None
-        ),
-        config_key="cam.train",
-        inputs=[io.init] if io.init is not None else [],
     )
 
 

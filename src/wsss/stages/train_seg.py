@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.settings import TrainIO, TrainParams
-from wsss.stage import Stage, arg
+from wsss.core.settings import TrainIO, TrainParams
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,12 +38,12 @@ def run(io: IO, params: Params) -> None:
     masks (full); write the model file ``io.out``."""
     import torch.nn.functional as F
 
-    from wsss import held_out
-    from wsss.common import find_labels
     from wsss.data.datasets import ImageMasks
     from wsss.data.manifest import IGNORE, DatasetError, Manifest
+    from wsss.jobs import find_labels
     from wsss.models.deeplab import SegNet
-    from wsss.training import train_network
+    from wsss.training import held_out
+    from wsss.training.loop import TrainingSpec, train_network
 
     manifest = Manifest.load(io.manifest)
     records = manifest.split(io.split)
@@ -59,26 +59,28 @@ def run(io: IO, params: Params) -> None:
         raise DatasetError(f"{len(missing)} images of '{io.split}' have no {kind}: {missing[:5]}")
     arch = {k: getattr(params, k) for k in ("head", "head_channels", "head_dilation")}
     train_network(
-        f"train-seg ({params.supervision})",
+        TrainingSpec(
+            name=f"train-seg ({params.supervision})",
+            build=lambda backbone: SegNet(backbone, manifest.num_labels, **arch),
+            dataset=lambda augment: ImageMasks(records, masks, augment, params.seed),
+            loss=lambda model, images, targets: F.cross_entropy(
+                model(images).float(), targets, ignore_index=IGNORE
+            ),
+            kind="seg",
+            arch={**arch, "supervision": params.supervision},
+            label_names=manifest.label_names,
+            inputs=[Path(masks[r.id]) for r in records],
+            held_out=lambda: (
+                held_out.segmentation(
+                    manifest.split(io.held_out), manifest.label_names, params.crop_size
+                )
+                if io.held_out
+                else None
+            ),
+            config_key="seg.train",
+        ),
         io,
         params,
-        build=lambda backbone: SegNet(backbone, manifest.num_labels, **arch),
-        dataset=lambda augment: ImageMasks(records, masks, augment, params.seed),
-        loss=lambda model, images, targets: F.cross_entropy(
-            model(images).float(), targets, ignore_index=IGNORE
-        ),
-        kind="seg",
-        arch={**arch, "supervision": params.supervision},
-        label_names=manifest.label_names,
-        inputs=[Path(masks[r.id]) for r in records],
-        held_out=lambda: (
-            held_out.segmentation(
-                manifest.split(io.held_out), manifest.label_names, params.crop_size
-            )
-            if io.held_out
-            else None
-        ),
-        config_key="seg.train",
     )
 
 

@@ -1,8 +1,8 @@
 """Stage: train WS-FCN, the single-stage network (:mod:`wsss.models.wsfcn`), end to end on
 image-level labels: the classification loss of nGWP + focal penalty for the first
 ``classification_epochs`` epochs, then the mask loss against the PAMR-refined pseudo ground
-truth as well (:func:`wsss.single_stage.single_stage_loss`). With the HFPL add-on
-(:mod:`wsss.hfpl`), importance sampling and the feature similarity loss act on the
+truth as well (:func:`wsss.methods.single_stage.single_stage_loss`). With the HFPL add-on
+(:mod:`wsss.methods.hfpl`), importance sampling and the feature similarity loss act on the
 classification branch's logit maps, as they do on the CAM network's.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsss.settings import ClassifierParams, TrainIO, TrainParams
-from wsss.stage import Stage, arg
+from wsss.core.settings import ClassifierParams, TrainIO, TrainParams
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,13 +67,13 @@ class Params(TrainParams, ClassifierParams):
 
 def run(io: TrainIO, params: Params) -> None:
     """Train on the labelled images of ``io.split``; write the model file ``io.out``."""
-    from wsss import held_out
     from wsss.data.datasets import ImageLabels
     from wsss.data.manifest import DatasetError, Manifest
-    from wsss.hfpl import AddOn, with_addon
+    from wsss.methods.hfpl import AddOn
+    from wsss.methods.single_stage import wsfcn_loss
     from wsss.models.wsfcn import WSFCN
-    from wsss.single_stage import BACKGROUND_LOGIT, MASK_LOSS_WEIGHT, single_stage_loss
-    from wsss.training import train_network
+    from wsss.training import held_out
+    from wsss.training.loop import TrainingSpec, train_network
 
     if not 0 <= params.classification_epochs < params.epochs:
         raise ValueError(
@@ -100,63 +100,44 @@ def run(io: TrainIO, params: Params) -> None:
     def build(backbone) -> WSFCN:
         return WSFCN(backbone, num_classes, backbone_name=params.backbone, **arch)
 
-    def loss(model: WSFCN, images, labels, segmentation: bool):
-        """The single-stage loss of a batch and its terms (the mask term recorded as 0
-        while it is off). With the add-on: (1 - w) classification + w sampling + lambda
-        similarity on the class logits shifted by the background logit, so that the
-        multinomial posterior is the masks' softmax and the binomial one says where a class
-        beats the background; then the mask term."""
-        output = model(images)
-        total, terms = single_stage_loss(output, images, labels, segmentation)
-        if not segmentation:
-            terms["segmentation"] = total.new_zeros(())
-        if not addon.active:
-            return total, terms
-        shift = BACKGROUND_LOGIT if background else 0.0
-        total, extra = with_addon(
-            terms["classification"],
-            "classification",
-            output.class_logits - shift,
-            images,
-            labels,
-            addon,
-        )
-        terms.update(extra)
-        if segmentation:
-            total = total + MASK_LOSS_WEIGHT * terms["segmentation"]
-        return total, terms
-
     def foreground(model: WSFCN, images):
         """The masks of the classes [B, C, h, w] (the held-out border check)."""
         return model(images).masks[:, int(background) :]
 
     train_network(
-        "train-wsfcn",
+        TrainingSpec(
+            name="train-wsfcn",
+            build=build,
+            dataset=lambda augment: ImageLabels(records, num_classes, augment, params.seed),
+            loss=lambda model, images, labels: wsfcn_loss(
+                model(images), images, labels, True, addon
+            ),
+            initial_loss=lambda model, images, labels: wsfcn_loss(
+                model(images), images, labels, False, addon
+            ),
+            initial_loss_epochs=params.classification_epochs,
+            health_loss="loss_classification",
+            kind="wsfcn",
+            arch=arch,
+            label_names=manifest.label_names,
+            held_out=lambda: (
+                held_out.classifier(
+                    manifest.split(io.held_out),
+                    records,
+                    num_classes,
+                    params.crop_size,
+                    advice_prefix="wsfcn.train",
+                    logits=lambda model, images: model(images).scores,
+                    maps=foreground,
+                )
+                if io.held_out
+                else None
+            ),
+            config_key="wsfcn.train",
+            augment=params.augmentation(),
+        ),
         io,
         params,
-        build=build,
-        dataset=lambda augment: ImageLabels(records, num_classes, augment, params.seed),
-        loss=lambda model, images, labels: loss(model, images, labels, True),
-        initial_loss=lambda model, images, labels: loss(model, images, labels, False),
-        initial_loss_epochs=params.classification_epochs,
-        health_loss="loss_classification",
-        kind="wsfcn",
-        arch=arch,
-        label_names=manifest.label_names,
-        held_out=lambda: (
-            held_out.classifier(
-                manifest.split(io.held_out),
-                records,
-                num_classes,
-                params.crop_size,
-                advice_prefix="wsfcn.train",
-                logits=lambda model, images: model(images).scores,
-                maps=foreground,
-            )
-            if io.held_out
-            else None
-        ),
-        config_key="wsfcn.train",
     )
 
 

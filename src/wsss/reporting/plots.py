@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from wsss.atomic import atomic_path
+from wsss.core.atomic import atomic_path
 
 
 def finish_percent_axes(ax, ylabel: str, legend_columns: int, legend_size: int = 8) -> None:  # noqa: ANN001

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsss.stage import Stage, arg
+from wsss.core.stage import Stage, arg
 
 KINDS = ("demo", "voc", "msrc", "coco", "folder")
 # The folders of images and masks (and VOC's per-image XML) of each layout, under the root.

@@ -29,7 +29,7 @@ class UsageError(Exception):
 
 
 class TrainingFailed(RuntimeError):
-    """A training whose health checks failed (see :mod:`wsss.health`)."""
+    """A training whose health checks failed (see :mod:`wsss.training.health`)."""
 
 
 class MissingDependency(ImportError):

@@ -12,7 +12,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +20,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from wsss.atomic import atomic_path, save_torch, write_json
-from wsss.common import autocast, pick_device, progress
+from wsss.core.atomic import atomic_path, save_torch, write_json
+from wsss.core.errors import TrainingFailed
+from wsss.core.runtime import autocast, pick_device, progress
+from wsss.core.settings import TrainIO, TrainParams
 from wsss.data.datasets import Augment
-from wsss.errors import TrainingFailed
-from wsss.health import Problem, check_history, weights_problem
-from wsss.held_out import HeldOut
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.models.registry import save_model
-from wsss.settings import TrainIO, TrainParams
+from wsss.training.health import Problem, check_history, weights_problem
+from wsss.training.held_out import HeldOut
 
 log = logging.getLogger(__name__)
 
@@ -36,52 +36,58 @@ log = logging.getLogger(__name__)
 Loss = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
-def train_network(
-    name: str,
-    io: TrainIO,
-    params: TrainParams,
-    *,
-    build: Callable[[Backbone], nn.Module],
-    dataset: Callable[[Augment], Dataset],
-    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], Loss],
-    kind: str,
-    arch: dict,
-    label_names: Sequence[str],
-    held_out: Callable[[], HeldOut | None] = lambda: None,
-    config_key: str = "",
-    inputs: Sequence[Path] = (),
-    initial_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], Loss] | None = None,
-    initial_loss_epochs: int = 0,
-    health_loss: str = "loss",
-) -> nn.Module:
-    """Train one network, check its health, and write its model file; what every training
-    stage calls.
+@dataclass(frozen=True, kw_only=True)
+class TrainingSpec:
+    """What a training stage trains, beside its files (``TrainIO``) and settings
+    (``TrainParams``).
 
-    ``build(backbone)`` makes the network around the backbone of ``params`` (it has
+    ``build(backbone)`` makes the network around the backbone of the settings (it has
     ``backbone`` and ``new_modules()``); ``dataset(augment)`` the training set;
     ``loss(model, inputs, targets)`` the scalar loss of a batch (or the loss and its terms
-    by name, each recorded per epoch as ``loss_<name>``); ``held_out()`` how its
-    health is measured after every epoch (None: not measured). SGD with the backbone at
-    the pretrained learning rates and the new modules at the new layers'; the backbone's
-    batch norm frozen when ``params.freeze_bn``. ``inputs``: files whose contents the
-    training depends on besides the manifest (label maps): a rerun resumes from
-    ``io.state_dir`` only if they and the settings are unchanged. ``kind``, ``arch`` and
-    ``label_names`` go into the model file ``io.out`` (:mod:`wsss.models.registry`); the
-    per-epoch history goes to ``training.csv`` and the verdict to ``health.json`` beside it.
-    A failed health check raises :class:`TrainingFailed` (no model file) unless
-    ``params.health`` is ``warn``. ``config_key`` (``cam.train``) names the settings in
-    the advice. ``initial_loss``: the loss of the first ``initial_loss_epochs`` epochs instead
-    of ``loss`` (e.g. classification only, before a mask loss joins); the rising-loss check
+    by name, each recorded per epoch as ``loss_<name>``); ``held_out()`` how its health is
+    measured after every epoch (None: not measured). ``kind``, ``arch`` and ``label_names``
+    go into the model file (:mod:`wsss.models.registry`). ``inputs``: files whose contents
+    the training depends on besides the manifest (label maps): a rerun resumes only if they
+    and the settings are unchanged. ``config_key`` (``cam.train``) names the settings in the
+    advice. ``initial_loss``: the loss of the first ``initial_loss_epochs`` epochs instead of
+    ``loss`` (e.g. classification only, before a mask loss joins); the rising-loss check
     reads the later epochs only, and in them the history column ``health_loss`` (a term,
     ``loss_<name>``, where the total may rightly rise: a mask loss that more images join as
-    their masks improve).
+    their masks improve). ``augment``: the training augmentation (None: the settings'
+    rescale, flip, jitter and padded square crop).
+    """
+
+    name: str
+    build: Callable[[Backbone], nn.Module]
+    dataset: Callable[[Augment], Dataset]
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], Loss]
+    kind: str
+    arch: dict
+    label_names: Sequence[str]
+    held_out: Callable[[], HeldOut | None] = lambda: None
+    config_key: str = ""
+    inputs: Sequence[Path] = ()
+    initial_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], Loss] | None = None
+    initial_loss_epochs: int = 0
+    health_loss: str = "loss"
+    augment: Augment | None = None
+
+
+def train_network(spec: TrainingSpec, io: TrainIO, params: TrainParams) -> nn.Module:
+    """Train one network, check its health, and write its model file; what every training
+    stage calls. SGD with the backbone at the pretrained learning rates and the new modules
+    at the new layers'; the backbone's batch norm frozen when ``params.freeze_bn``. The
+    per-epoch history goes to ``training.csv`` and the verdict to ``health.json`` beside the
+    model file ``io.out``; a rerun resumes from ``io.state_dir``. A failed health check
+    raises :class:`TrainingFailed` (no model file) unless ``params.health`` is ``warn``.
     """
     set_seed(params.seed)
     device = pick_device(io.device)
     backbone = build_backbone(params.backbone, params.output_stride, params.weights)
-    model = build(backbone).to(device)
-    data = dataset(params.augmentation())
-    stamp = fingerprint(asdict(params), Path(io.manifest), *inputs)
+    model = spec.build(backbone).to(device)
+    augment = spec.augment or Augment(params.crop_size, params.scale_range, True, params.jitter)
+    data = spec.dataset(augment)
+    stamp = fingerprint(asdict(params), Path(io.manifest), *spec.inputs)
     checkpoints = EpochCheckpoints(io.state_dir, stamp)
     if params.freeze_bn:
         freeze_batchnorm(model.backbone)
@@ -92,14 +98,14 @@ def train_network(
     loader = make_loader(data, params.batch_size, params.num_workers, device, params.seed)
     log.info(
         "%s: %d images, %d epochs x %d steps on %s (%d threads)",
-        name,
+        spec.name,
         len(data),
         params.epochs,
         len(loader),
         device,
         torch.get_num_threads(),
     )
-    health = held_out() if params.health != "ignore" else None
+    health = spec.held_out() if params.health != "ignore" else None
     out_dir = Path(io.out).parent
 
     def snapshot(history: list[dict], model: nn.Module) -> None:
@@ -110,9 +116,9 @@ def train_network(
         save_model(
             path,
             model,
-            kind,
-            {"backbone": params.backbone, "output_stride": params.output_stride, **arch},
-            label_names,
+            spec.kind,
+            {"backbone": params.backbone, "output_stride": params.output_stride, **spec.arch},
+            spec.label_names,
             fingerprint=stamp,
             epochs=len(history),
             settings=asdict(params),
@@ -124,17 +130,19 @@ def train_network(
         model,
         loader,
         optimizer,
-        lambda images, targets: loss(model, images, targets),
+        lambda images, targets: spec.loss(model, images, targets),
         checkpoints,
         params,
         device=device,
-        name=name,
+        name=spec.name,
         held_out=health,
         history_csv=out_dir / "training.csv",
         initial_loss_fn=(
-            (lambda images, targets: initial_loss(model, images, targets)) if initial_loss else None
+            (lambda images, targets: spec.initial_loss(model, images, targets))
+            if spec.initial_loss
+            else None
         ),
-        initial_loss_epochs=initial_loss_epochs,
+        initial_loss_epochs=spec.initial_loss_epochs,
         on_epoch=lambda history: snapshot(history, model),
     )
     check_health(
@@ -143,17 +151,17 @@ def train_network(
         health,
         params,
         out_dir / "health.json",
-        name,
-        config_key,
-        initial_loss_epochs if initial_loss else 0,
-        health_loss,
+        spec.name,
+        spec.config_key,
+        spec.initial_loss_epochs if spec.initial_loss else 0,
+        spec.health_loss,
     )
     save_model(
         io.out,
         model.cpu(),
-        kind,
-        {"backbone": params.backbone, "output_stride": params.output_stride, **arch},
-        label_names,
+        spec.kind,
+        {"backbone": params.backbone, "output_stride": params.output_stride, **spec.arch},
+        spec.label_names,
         fingerprint=stamp,
         epochs=params.epochs,
         settings=asdict(params),

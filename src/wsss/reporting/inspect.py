@@ -28,9 +28,9 @@ def describe(path: str | os.PathLike[str], limit: int = 5) -> str:
 
 
 def _maps(path: Path, limit: int) -> str:
-    """The shard's summary, after reading every image of it (:func:`wsss.store.verify`): a
+    """The shard's summary, after reading every image of it (:func:`wsss.data.store.verify`): a
     damaged shard is an error that names the file and the image, not a summary."""
-    from wsss.store import MapsReader, verify
+    from wsss.data.store import MapsReader, verify
 
     verify(path)
     with MapsReader([path]) as reader:

@@ -1,6 +1,7 @@
 """The single-stage training signal of Araslanov & Roth (CVPR 2020), which WS-FCN keeps.
 
-The network's head gives class logits z_c at every position of a grid (stride 4) and:
+The network's head gives class logits z_c at every position of a grid (stride 4) and
+(:mod:`wsss.models.ngwp`, part of the network's forward pass):
 
 - mask logits: a constant background logit (1) before the class logits when the dataset has
   a background class, the class logits alone when it has none (e.g. MSRC-21, whose pixels
@@ -13,7 +14,10 @@ The network's head gives class logits z_c at every position of a grid (stride 4)
 
   mbar_c the mean of m_c, lambda = 0.01 and p = 3 in the reference; they are scored against
   the image labels by the multi-label soft-margin loss;
-- a pseudo ground truth: the detached masks refined by PAMR (:mod:`wsss.pamr`), resized to
+
+and here, the training signal:
+
+- a pseudo ground truth: the detached masks refined by PAMR (:mod:`wsss.methods.pamr`), resized to
   the image, masks of classes absent from the image label set to zero; a pixel takes class
   c when m_c(i) > max(cut_c * max_i m_c(i), 0.2) for exactly one c (cut 0.7 for the
   background, 0.6 for the other classes); no class or several: ignored;
@@ -35,76 +39,20 @@ segmentation loss (its class weight (n - n_c) / (1 + n) is ~0).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from wsss.data.manifest import IGNORE
-from wsss.pamr import DILATIONS, ITERATIONS, pamr
+from wsss.methods.hfpl import AddOn, with_addon
+from wsss.methods.pamr import DILATIONS, ITERATIONS, pamr
+from wsss.models.ngwp import BACKGROUND_LOGIT, SingleStageOutput
 
-BACKGROUND_LOGIT = 1.0
-NGWP_EPS = 1.0
-FOCAL_LAMBDA = 0.01
-FOCAL_P = 3.0
 FOREGROUND_CUT = 0.6
 BACKGROUND_CUT = 0.7
 LOWEST_CUT = 0.2
 MASK_LOSS_WEIGHT = 1.0
-
-
-@dataclass
-class SingleStageOutput:
-    """What a single-stage network returns (h, w: its output grid, stride 4).
-
-    class_logits [B, C, h, w]: the class logits z at every position (foreground classes);
-    mask_logits [B, C + background, h, w]: the background logit, if any, then z;
-    masks [B, C + background, h, w]: softmax of the mask logits over dimension 1;
-    scores [B, C]: nGWP + focal penalty of each class (logits of the image labels)."""
-
-    class_logits: Tensor
-    mask_logits: Tensor
-    masks: Tensor
-    scores: Tensor
-
-    @property
-    def background(self) -> bool:
-        """Whether the masks have a background channel (the first)."""
-        return self.mask_logits.shape[1] > self.class_logits.shape[1]
-
-
-def mask_logits(class_logits: Tensor, background: bool) -> Tensor:
-    """[B, C, h, w] -> [B, C + background, h, w]: the constant background logit first."""
-    if not background:
-        return class_logits
-    return torch.cat([torch.full_like(class_logits[:, :1], BACKGROUND_LOGIT), class_logits], 1)
-
-
-def ngwp(logits: Tensor, masks: Tensor, eps: float = NGWP_EPS) -> Tensor:
-    """Normalised global weighted pooling sum_i m(i) z(i) / (eps + sum_i m(i)):
-    logits z and masks m [B, K, h, w] -> [B, K]."""
-    return (logits * masks).flatten(2).sum(-1) / (eps + masks.flatten(2).sum(-1))
-
-
-def focal_penalty(masks: Tensor, lam: float = FOCAL_LAMBDA, p: float = FOCAL_P) -> Tensor:
-    """(1 - mbar)^p log(lambda + mbar), mbar the spatial mean of each mask:
-    [B, K, h, w] -> [B, K] (<= 0; near 0 for large masks, very negative for empty ones)."""
-    mean = masks.flatten(2).mean(-1)
-    return (1 - mean).pow(p) * torch.log(lam + mean)
-
-
-def single_stage_output(
-    class_logits: Tensor,
-    background: bool,
-    focal_lambda: float = FOCAL_LAMBDA,
-    focal_p: float = FOCAL_P,
-) -> SingleStageOutput:
-    """Masks and class scores of the class logits z [B, C, h, w]."""
-    logits = mask_logits(class_logits, background)
-    masks = logits.softmax(1)
-    scores = ngwp(logits, masks) + focal_penalty(masks, focal_lambda, focal_p)
-    return SingleStageOutput(class_logits, logits, masks, scores[:, int(background) :])
 
 
 def clean_masks(masks: Tensor, labels: Tensor, background: bool) -> Tensor:
@@ -192,3 +140,35 @@ def single_stage_loss(
         ).mean()
         loss = loss + mask_weight * terms["segmentation"]
     return loss, terms
+
+
+def wsfcn_loss(
+    output: SingleStageOutput,
+    images: Tensor,
+    labels: Tensor,
+    segmentation: bool,
+    addon: AddOn,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """WS-FCN's training loss of a batch and its terms (the mask term recorded as 0 while
+    it is off): :func:`single_stage_loss`, and with the HFPL add-on (``addon.active``)
+    (1 - w) classification + w sampling + lambda similarity on the class logits shifted by
+    the background logit, so that the multinomial posterior is the masks' softmax and the
+    binomial one says where a class beats the background; then the mask term."""
+    total, terms = single_stage_loss(output, images, labels, segmentation)
+    if not segmentation:
+        terms["segmentation"] = total.new_zeros(())
+    if not addon.active:
+        return total, terms
+    shift = BACKGROUND_LOGIT if output.background else 0.0
+    total, extra = with_addon(
+        terms["classification"],
+        "classification",
+        output.class_logits - shift,
+        images,
+        labels,
+        addon,
+    )
+    terms.update(extra)
+    if segmentation:
+        total = total + MASK_LOSS_WEIGHT * terms["segmentation"]
+    return total, terms

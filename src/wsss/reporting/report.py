@@ -8,9 +8,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from wsss.atomic import atomic_path
-from wsss.pipeline import WEAK, all_steps
-from wsss.plots import finish_percent_axes, save_figure
+from wsss.core.atomic import atomic_path
+from wsss.reporting.plots import finish_percent_axes, save_figure
+from wsss.workflow.pipeline import WEAK, all_steps
 
 
 def _load(files: Sequence[str | os.PathLike[str]]) -> dict[str, dict]:
@@ -117,7 +117,7 @@ def training_curves(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from wsss.atomic import atomic_dir
+    from wsss.core.atomic import atomic_dir
 
     written = []
     with atomic_dir(out_dir) as tmp:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.stage import arg
+from wsss.core.stage import arg
 
 BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
 # Pixels of the largest image a network runs on at inference (a 6000 x 4000 photo at one
@@ -64,17 +64,10 @@ class TrainParams:
         5.0, "points by which the final held-out score must beat its trivial prior"
     )
 
-    def augmentation(self):
-        """The training augmentation (:class:`wsss.data.datasets.Augment`) these settings
-        describe: rescale by ``scale_range``, flip, jitter, a padded square crop."""
-        from wsss.data.datasets import Augment
-
-        return Augment(self.crop_size, self.scale_range, True, self.jitter)
-
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierParams:
-    """The HFPL add-on of every classifier (wsss.hfpl), off by default: importance
+    """The HFPL add-on of every classifier (wsss.methods.hfpl), off by default: importance
     sampling mixed with global average pooling, a feature similarity loss, and the
     posterior both use. Reference when on: K = 10, 0.8 GAP + 0.2 sampling, mu 2.5, sigma 40
     image pixels (the reference's 5 feature pixels of a stride-8 network)."""

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from wsss.pipeline import WEAK, all_steps
+from wsss.workflow.pipeline import PATHS, WEAK, all_steps
 
 
 def summarize(run_dir: str | os.PathLike[str]) -> str:
@@ -63,20 +63,21 @@ def summarize(run_dir: str | os.PathLike[str]) -> str:
             f"  {name + ' ' + v['metric']:<32} {v['final']:6.2f} {v['prior']:6.2f}  {verdict}"
         )
     lines += ["", "Artefacts:"]
+    paths = {name: path.replace("{shard}", "*") for name, path in PATHS.items()}
     for pattern, what in [
-        ("dataset.json", "dataset manifest (splits, labels)"),
-        ("cam/model.pt", "CAM network"),
-        ("cam/shard-*.h5", "CAMs (HDF5; wsss inspect FILE)"),
-        ("aff_labels/shard-*", "affinity labels (PNG per image)"),
-        ("aff/model.pt", "AffinityNet"),
-        ("rw/shard-*.h5", "refined CAMs (HDF5)"),
-        ("pseudo/shard-*", "pseudo-masks (PNG per image)"),
-        ("wsfcn/model.pt", "WS-FCN (wsss predict)"),
-        ("wsfcn/masks-train/shard-*", "WS-FCN masks, training split (PNG per image)"),
-        ("wsfcn/masks-val/shard-*", "WS-FCN masks, val split (PNG per image)"),
-        ("seg/model.pt", "segmentation network (wsss predict)"),
-        ("seg_full/model.pt", "fully supervised bound"),
-        ("pred/seg/shard-*", "val predictions (PNG per image)"),
+        (paths["dataset"], "dataset manifest (splits, labels)"),
+        (paths["cam_model"], "CAM network"),
+        (paths["cam"], "CAMs (HDF5; wsss inspect FILE)"),
+        (paths["aff_labels"], "affinity labels (PNG per image)"),
+        (paths["aff_model"], "AffinityNet"),
+        (paths["rw"], "refined CAMs (HDF5)"),
+        (paths["pseudo"], "pseudo-masks (PNG per image)"),
+        (paths["wsfcn_model"], "WS-FCN (wsss predict)"),
+        (paths["wsfcn_train"], "WS-FCN masks, training split (PNG per image)"),
+        (paths["wsfcn_val"], "WS-FCN masks, val split (PNG per image)"),
+        (paths["seg_model"], "segmentation network (wsss predict)"),
+        (paths["seg_full_model"], "fully supervised bound"),
+        (paths["seg_pred"], "val predictions (PNG per image)"),
         ("*/training.csv", "per-epoch training history (CSV)"),
         ("report/*", "report figures (snakemake --report report.html)"),
         ("metrics/*.json", "metrics"),

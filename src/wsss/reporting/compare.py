@@ -23,9 +23,9 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from wsss.atomic import atomic_path, write_json
-from wsss.pipeline import WEAK
-from wsss.plots import finish_percent_axes, save_figure
+from wsss.core.atomic import atomic_path, write_json
+from wsss.reporting.plots import finish_percent_axes, save_figure
+from wsss.workflow.pipeline import WEAK
 
 # Values Snakemake writes in a benchmark column it could not measure (very short jobs).
 _MISSING = {"", "NA", "-"}

@@ -61,30 +61,42 @@ STEPS: dict[str, tuple[Step, ...]] = {
 @dataclass(frozen=True)
 class Artefact:
     """What a step's output is made from (``sources``), which config keys its content
-    depends on (``keys``), and the workflow rules that make it (``rules``; ``sharded``:
-    one job per shard)."""
+    depends on (``keys``), the workflow rules that make it (``rules``; ``sharded``: one job
+    per shard), and where it lies in its experiment's directory (``path``; a sharded one's
+    holds ``{shard}``): the rules read their outputs' and inputs' paths from here."""
 
     sources: tuple[str, ...]
     keys: tuple[str, ...]
     rules: tuple[str, ...]
+    path: str
     sharded: bool = False
 
 
 # What every method has: the dataset and the fully supervised bound.
 COMMON: dict[str, Artefact] = {
-    "dataset": Artefact((), ("dataset", "demo"), ("prepare_dataset",)),
-    "seg_full_model": Artefact(("dataset",), ("seg.train",), ("train_seg_full",)),
-    "seg_full_pred": Artefact(("seg_full_model",), ("seg.infer",), ("infer_seg_full",), True),
-    "seg_full_eval": Artefact(("seg_full_pred",), (), ("eval_seg_full",)),
+    "dataset": Artefact((), ("dataset", "demo"), ("prepare_dataset",), "dataset.json"),
+    "seg_full_model": Artefact(
+        ("dataset",), ("seg.train",), ("train_seg_full",), "seg_full/model.pt"
+    ),
+    "seg_full_pred": Artefact(
+        ("seg_full_model",),
+        ("seg.infer",),
+        ("infer_seg_full",),
+        "pred/seg_full/shard-{shard}",
+        True,
+    ),
+    "seg_full_eval": Artefact(("seg_full_pred",), (), ("eval_seg_full",), "metrics/seg_full.json"),
 }
 
 
 def weak_segmentation(pseudo_masks: str) -> dict[str, Artefact]:
     """The segmentation network trained on the label maps of artefact ``pseudo_masks``."""
     return {
-        "seg_model": Artefact((pseudo_masks,), ("seg.train",), ("train_seg",)),
-        "seg_pred": Artefact(("seg_model",), ("seg.infer",), ("infer_seg",), True),
-        "seg_eval": Artefact(("seg_pred",), (), ("eval_seg",)),
+        "seg_model": Artefact((pseudo_masks,), ("seg.train",), ("train_seg",), "seg/model.pt"),
+        "seg_pred": Artefact(
+            ("seg_model",), ("seg.infer",), ("infer_seg",), "pred/seg/shard-{shard}", True
+        ),
+        "seg_eval": Artefact(("seg_pred",), (), ("eval_seg",), "metrics/seg.json"),
     }
 
 
@@ -93,25 +105,57 @@ def weak_segmentation(pseudo_masks: str) -> dict[str, Artefact]:
 ARTEFACTS: dict[str, dict[str, Artefact]] = {
     "psa": {
         **COMMON,
-        "cam_model": Artefact(("dataset",), ("cam.train",), ("train_cam_stage", "train_cam")),
-        "cam": Artefact(("cam_model",), ("cam.infer", "num_shards"), ("infer_cam",), True),
-        "cam_eval": Artefact(("cam",), ("cam.eval",), ("eval_cam",)),
-        "aff_labels": Artefact(("cam",), ("affinity.labels",), ("affinity_labels",), True),
-        "aff_eval": Artefact(("aff_labels",), (), ("eval_aff_labels",)),
-        "aff_model": Artefact(("aff_labels",), ("affinity.train",), ("train_aff",)),
-        "rw": Artefact(("aff_model", "cam"), ("affinity.random_walk",), ("random_walk",), True),
-        "rw_eval": Artefact(("rw",), (), ("eval_rw",)),
-        "pseudo": Artefact(("rw",), ("pseudo",), ("pseudo_masks",), True),
-        "pseudo_eval": Artefact(("pseudo",), (), ("eval_pseudo",)),
+        "cam_model": Artefact(
+            ("dataset",), ("cam.train",), ("train_cam_stage", "train_cam"), "cam/model.pt"
+        ),
+        "cam": Artefact(
+            ("cam_model",),
+            ("cam.infer", "num_shards"),
+            ("infer_cam",),
+            "cam/shard-{shard}.h5",
+            True,
+        ),
+        "cam_eval": Artefact(("cam",), ("cam.eval",), ("eval_cam",), "metrics/cam.json"),
+        "aff_labels": Artefact(
+            ("cam",), ("affinity.labels",), ("affinity_labels",), "aff_labels/shard-{shard}", True
+        ),
+        "aff_eval": Artefact(("aff_labels",), (), ("eval_aff_labels",), "metrics/aff_labels.json"),
+        "aff_model": Artefact(("aff_labels",), ("affinity.train",), ("train_aff",), "aff/model.pt"),
+        "rw": Artefact(
+            ("aff_model", "cam"),
+            ("affinity.random_walk",),
+            ("random_walk",),
+            "rw/shard-{shard}.h5",
+            True,
+        ),
+        "rw_eval": Artefact(("rw",), (), ("eval_rw",), "metrics/rw.json"),
+        "pseudo": Artefact(("rw",), ("pseudo",), ("pseudo_masks",), "pseudo/shard-{shard}", True),
+        "pseudo_eval": Artefact(("pseudo",), (), ("eval_pseudo",), "metrics/pseudo.json"),
         **weak_segmentation("pseudo"),
     },
     "wsfcn": {
         **COMMON,
-        "wsfcn_model": Artefact(("dataset",), ("wsfcn.train",), ("train_wsfcn",)),
-        "wsfcn_train": Artefact(("wsfcn_model",), ("wsfcn.infer",), ("infer_wsfcn_train",), True),
-        "wsfcn_train_eval": Artefact(("wsfcn_train",), (), ("eval_wsfcn_train",)),
-        "wsfcn_val": Artefact(("wsfcn_model",), ("wsfcn.infer",), ("infer_wsfcn_val",), True),
-        "wsfcn_val_eval": Artefact(("wsfcn_val",), (), ("eval_wsfcn_val",)),
+        "wsfcn_model": Artefact(("dataset",), ("wsfcn.train",), ("train_wsfcn",), "wsfcn/model.pt"),
+        "wsfcn_train": Artefact(
+            ("wsfcn_model",),
+            ("wsfcn.infer",),
+            ("infer_wsfcn_train",),
+            "wsfcn/masks-train/shard-{shard}",
+            True,
+        ),
+        "wsfcn_train_eval": Artefact(
+            ("wsfcn_train",), (), ("eval_wsfcn_train",), "metrics/wsfcn_train.json"
+        ),
+        "wsfcn_val": Artefact(
+            ("wsfcn_model",),
+            ("wsfcn.infer",),
+            ("infer_wsfcn_val",),
+            "wsfcn/masks-val/shard-{shard}",
+            True,
+        ),
+        "wsfcn_val_eval": Artefact(
+            ("wsfcn_val",), (), ("eval_wsfcn_val",), "metrics/wsfcn_val.json"
+        ),
         **weak_segmentation("wsfcn_train"),
     },
 }
@@ -124,19 +168,22 @@ REPEATED: dict[str, Callable[[dict], int]] = {
 }
 
 
+# Where each artefact lies in its experiment's directory; an artefact of two methods lies in
+# the same place (checked at import).
+PATHS: dict[str, str] = {}
+for _graph in ARTEFACTS.values():
+    for _name, _artefact in _graph.items():
+        if PATHS.setdefault(_name, _artefact.path) != _artefact.path:
+            raise ValueError(f"artefact {_name} has two paths: {PATHS[_name]}, {_artefact.path}")
+
 # The trained networks of each method: artefact -> model file (relative to the experiment).
 NETWORKS: dict[str, dict[str, str]] = {
-    "psa": {
-        "cam_model": "cam/model.pt",
-        "aff_model": "aff/model.pt",
-        "seg_model": "seg/model.pt",
-        "seg_full_model": "seg_full/model.pt",
-    },
-    "wsfcn": {
-        "wsfcn_model": "wsfcn/model.pt",
-        "seg_model": "seg/model.pt",
-        "seg_full_model": "seg_full/model.pt",
-    },
+    method: {
+        name: a.path
+        for name, a in sorted(graph.items(), key=lambda item: item[0] in COMMON)
+        if a.path.endswith("/model.pt")
+    }
+    for method, graph in ARTEFACTS.items()
 }
 
 

@@ -5,7 +5,9 @@ Supervised Semantic Segmentation", CVPR 2018. On a grid of N = h * w positions w
 f [D, h, w]:
 
 * eq. 3:  W_ij = exp(-mean_d |f_i[d] - f_j[d]|) for 0 < ||p_i - p_j||_2 < radius, W_ii = 1,
-  W_ij = 0 otherwise (the channel mean, as in the released code). W is symmetric.
+  W_ij = 0 otherwise (the channel mean, as in the released code). W is symmetric. The
+  affinity itself is AffinityNet's output (:func:`wsss.models.affinitynet.pairwise_affinity`,
+  also its training target's form); here it fills the walk's matrix.
 * eq. 11: T = D^-1 W^(o beta), the Hadamard power beta of W, row-normalised
   (D = diag of the row sums of W^(o beta)).
 * eq. 12: vec(M*_c) = T^t vec(M_c) for every channel c, with t = 2^logt, i.e. each step
@@ -21,82 +23,22 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsss.common import autocast
+from wsss.core.runtime import autocast
 from wsss.data.datasets import PAD_RGB
-from wsss.metrics import background_score
-
-if TYPE_CHECKING:
-    from wsss.models.affinitynet import AffinityNet
+from wsss.methods.metrics import background_score
+from wsss.models.affinitynet import (
+    AffinityNet,
+    neighbour_offsets,
+    pairwise_affinity,
+)
 
 GRID = 8  # stride of the affinity grid (pixels)
-
-
-def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
-    """Offsets (dy, dx) with 0 < dy^2 + dx^2 < radius^2, in lexicographic order.
-
-    Both directions of every pair are listed; the centre (0, 0) is not. ``radius`` 5 gives
-    the 68 offsets of AffinityNet's pair set, ``radius`` 1 none.
-    """
-    if radius < 1:
-        raise ValueError(f"radius must be at least 1, got {radius}")
-    span = range(-(radius - 1), radius)
-    return [(dy, dx) for dy in span for dx in span if 0 < dy * dy + dx * dx < radius * radius]
-
-
-def neighbour_mask(
-    offsets: list[tuple[int, int]],
-    height: int,
-    width: int,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Bool [K, h, w]: whether position (y, x) + offsets[k] lies inside the h x w grid."""
-    ys = torch.arange(height, device=device)[:, None]
-    xs = torch.arange(width, device=device)[None, :]
-    masks = [
-        (ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
-        for dy, dx in offsets
-    ]
-    if not masks:
-        return torch.zeros(0, height, width, dtype=torch.bool, device=device)
-    return torch.stack(masks)
-
-
-def pairwise_affinity(features: Tensor, offsets: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-    """Affinities between every position and its neighbours at the given offsets (eq. 3).
-
-    Args:
-        features: [B, D, h, w].
-        offsets: K offsets (dy, dx), e.g. from :func:`neighbour_offsets`.
-
-    Returns:
-        ``affinity`` [B, K, h, w] with ``affinity[b, k, y, x] =
-        exp(-mean_d |f[b, d, y, x] - f[b, d, y + dy_k, x + dx_k]|)`` where the neighbour is
-        inside the grid and 0 elsewhere, and ``valid`` bool [K, h, w], the in-grid mask.
-        Differentiable with respect to ``features``.
-    """
-    if features.dim() != 4:
-        raise ValueError(f"features must be [B, D, h, w], got shape {tuple(features.shape)}")
-    batch, _, height, width = features.shape
-    valid = neighbour_mask(offsets, height, width, features.device)
-    if not offsets:
-        return features.new_zeros(batch, 0, height, width), valid
-    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    padded = F.pad(features, (pad, pad, pad, pad))
-
-    def shifted(dy: int, dx: int) -> Tensor:  # [B, D, h, w]: f at (y + dy, x + dx), 0 outside
-        return padded[:, :, pad + dy : pad + dy + height, pad + dx : pad + dx + width]
-
-    distance = features.new_empty(batch, len(offsets), height, width)
-    for k, (dy, dx) in enumerate(offsets):
-        distance[:, k] = (features - shifted(dy, dx)).abs_().mean(1)
-    return torch.exp(-distance) * valid, valid
 
 
 def transition_matrix(features: Tensor, radius: int = 5, beta: float = 8.0) -> Tensor:

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsss.common import autocast
-from wsss.crf import dense_crf
+from wsss.core.runtime import autocast
+from wsss.core.settings import SegmentParams
 from wsss.data.datasets import PAD_RGB
+from wsss.methods.crf import dense_crf
 from wsss.models.cam import CAMNet
+from wsss.models.ngwp import SingleStageOutput
 from wsss.models.wsfcn import WSFCN
-from wsss.settings import SegmentParams
-from wsss.single_stage import SingleStageOutput
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,14 @@ all.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wsss.pipeline import steps_of
+from wsss.data import LOADERS, unknown_options
+from wsss.workflow.pipeline import steps_of
 
 # Names build_backbone knows (wsss.models.backbones.BACKBONES, which imports torch).
 BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
@@ -28,13 +27,6 @@ OFFLINE_IMAGENET = {"lite0"}
 AFF_GRID = 8
 # What wsss.data.build_manifest calls for each dataset.kind: the loader's module and the
 # keyword arguments it passes itself besides the root (dataset.options must not repeat them).
-LOADERS: dict[str, tuple[str, frozenset[str]]] = {
-    "demo": ("wsss.data.voc", frozenset({"has_background", "name"})),
-    "voc": ("wsss.data.voc", frozenset()),
-    "msrc": ("wsss.data.voc", frozenset({"has_background", "name"})),
-    "coco": ("wsss.data.coco", frozenset({"mask_dir"})),
-    "folder": ("wsss.data.folder", frozenset()),
-}
 # The networks each method trains (config sections with a ``train`` subsection).
 TRAIN_SECTIONS = {"psa": ("cam", "affinity", "seg"), "wsfcn": ("wsfcn", "seg")}
 SPLITS = ("train_split", "eval_split", "val_split")
@@ -140,19 +132,6 @@ def _check_posterior(key: str, train: dict[str, Any], pooling: str = "GAP") -> l
     return [
         f"{key}.posterior: multinomial has no effect unless sampling_weight or "
         f"similarity_weight is above 0 (the plain {pooling} loss has no posterior to choose)"
-    ]
-
-
-def unknown_options(kind: str, options: dict[str, Any]) -> list[str]:
-    """A problem line for each of ``options`` that the ``kind`` loader does not take."""
-    module, passed = LOADERS[kind]
-    build = importlib.import_module(module).build
-    allowed = sorted(set(inspect.signature(build).parameters) - passed - {"root"})
-    return [
-        f"dataset.options.{option}: not an option of the dataset.kind {kind} loader "
-        f"(allowed: {', '.join(allowed)})"
-        for option in options
-        if option not in allowed
     ]
 
 

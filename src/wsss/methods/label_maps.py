@@ -22,11 +22,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from wsss.crf import dense_crf
+from wsss.core.settings import CRFParams
 from wsss.data.manifest import IGNORE
-from wsss.metrics import background_score
-from wsss.settings import CRFParams
-from wsss.store import ImageMaps
+from wsss.data.store import ImageMaps
+from wsss.methods.crf import dense_crf
+from wsss.methods.metrics import background_score
 
 
 def confident_regions(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsss.errors import MissingDependency
-from wsss.settings import CRFParams
+from wsss.core.errors import MissingDependency
+from wsss.core.settings import CRFParams
 
 
 def dense_crf(image: np.ndarray, scores: np.ndarray, params: CRFParams) -> np.ndarray:

@@ -20,14 +20,12 @@ bounds and help are written once.
 A stage module imports only the standard library and this package's light modules at the
 top; torch and other heavy libraries are imported inside ``run``, so ``wsss --help``
 answers at once. Stages never import each other: what several stages share
-lives in :mod:`wsss.common` (helpers) and :mod:`wsss.settings` (shared settings).
+lives in :mod:`wsss.jobs` (helpers) and :mod:`wsss.core.settings` (shared settings).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,19 +86,3 @@ def arg(
         "configurable": configurable,
     }
     return dataclasses.field(default=default, metadata=metadata)
-
-
-def registry() -> dict[str, Stage]:
-    """Every stage of :mod:`wsss.stages`, by command name, in module-name order."""
-    import wsss.stages
-
-    found: dict[str, Stage] = {}
-    for info in sorted(pkgutil.iter_modules(wsss.stages.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"wsss.stages.{info.name}")
-        stage = getattr(module, "STAGE", None)
-        if not isinstance(stage, Stage):
-            raise TypeError(f"wsss.stages.{info.name} declares no STAGE")
-        if stage.name in found:
-            raise ValueError(f"two stages are named '{stage.name}'")
-        found[stage.name] = stage
-    return found

@@ -3,8 +3,8 @@ predictor scores (:class:`HeldOut`), for each network.
 
 - CAM network (every image classifier, WS-FCN's classification branch too): mAP of the
   image labels of the held-out split, against the label frequencies of the training split
-  alone (:func:`wsss.health.prior_scores`); at the end, where its CAMs (WS-FCN: its masks)
-  sit (:func:`wsss.health.border_ratio`).
+  alone (:func:`wsss.training.health.prior_scores`); at the end, where its CAMs (WS-FCN: its masks)
+  sit (:func:`wsss.training.health.border_ratio`).
 - AffinityNet: balanced accuracy of "same label" (affinity > 0.5) over the pairs of
   neighbouring grid cells of held-out images whose ground truth is known, against 50 %.
 - Segmentation network: mIoU on held-out images, single scale, against the trivial floor
@@ -26,8 +26,14 @@ from torch import nn
 
 from wsss.data.datasets import to_tensor
 from wsss.data.manifest import IGNORE, Record, read_image, read_mask
-from wsss.health import Problem, border_ratio, check_cams, classification_scores, prior_scores
-from wsss.metrics import confusion, scores
+from wsss.methods.metrics import confusion, scores
+from wsss.training.health import (
+    Problem,
+    border_ratio,
+    check_cams,
+    classification_scores,
+    prior_scores,
+)
 
 MAX_IMAGES = 64  # held-out images scored per epoch at most (the first, by id)
 
@@ -127,8 +133,8 @@ def classifier(
 def affinity(held_out: Sequence[Record], radius: int, size: int, grid: int = 8) -> HeldOut | None:
     """Held-out pair accuracy of AffinityNet against the ground-truth masks; None without
     held-out masks."""
-    from wsss.models.affinitynet import half_offsets, pair_labels
-    from wsss.randomwalk import affinity_features, pairwise_affinity
+    from wsss.methods.randomwalk import affinity_features
+    from wsss.models.affinitynet import half_offsets, pair_labels, pairwise_affinity
 
     records = sample(held_out, need_mask=True)
     if not records:

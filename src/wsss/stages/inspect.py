@@ -1,12 +1,12 @@
 """Stage: print what a maps, metrics, manifest, model or mask file holds
-(:mod:`wsss.inspect`)."""
+(:mod:`wsss.reporting.inspect`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.stage import Stage, arg
+from wsss.core.stage import Stage, arg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -17,7 +17,7 @@ class IO:
 
 def run(io: IO, params: None = None) -> None:
     """Print the description of ``io.file``."""
-    from wsss.inspect import describe
+    from wsss.reporting.inspect import describe
 
     print(describe(io.file, limit=io.limit))
 

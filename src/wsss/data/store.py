@@ -41,7 +41,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from wsss.atomic import temp_name
+from wsss.core.atomic import temp_name
 
 FORMAT = "wsss-maps"
 VERSION = 1

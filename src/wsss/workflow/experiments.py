@@ -29,7 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from wsss.pipeline import (
+from wsss.workflow.pipeline import (
     ARTEFACTS,
     REPEATED,
     STEPS,
@@ -233,7 +233,7 @@ def owner(experiments: dict[str, Experiment], path: str, artefact: str) -> str:
 
 
 def plan(experiments: dict[str, Experiment], results: str) -> dict:
-    """What :func:`wsss.compare.compare` reads: the steps of every experiment (in pipeline
+    """What :func:`wsss.reporting.compare.compare` reads: the steps of every experiment (in pipeline
     order; experiments of several methods side by side), per experiment its metrics files,
     the artefacts it reuses from another experiment, and the benchmark files of every rule
     that made its artefacts (wherever they were made)."""

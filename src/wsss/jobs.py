@@ -1,20 +1,19 @@
-"""Helpers that several stages use: shards of a split, label-map directories, the device,
-mixed precision and progress bars."""
+"""What the per-image stages start from: the records of their shard, the label-map
+directories they read, and the manifest, device and network of a shard job."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from wsss.core.runtime import pick_device
+from wsss.core.settings import ShardIO
 from wsss.data.manifest import DatasetError, Manifest, Record
-from wsss.settings import ShardIO
 
 log = logging.getLogger(__name__)
 
@@ -36,33 +35,6 @@ def find_labels(dirs: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
                 raise DatasetError(f"{path}: image '{image_id}' is also in {found[image_id]}")
             found[image_id] = path
     return found
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> the visible CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """Mixed precision (bfloat16) on CUDA when ``enabled``; a no-op on the CPU."""
-    return torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda"
-    )
-
-
-def progress(iterable: Iterable, desc: str, unit: str) -> tqdm:
-    """A progress bar: live in a terminal, a line every 30 s in a log file."""
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        iterable,
-        desc=desc,
-        unit=unit,
-        mininterval=0.5 if interactive else 30,
-        dynamic_ncols=interactive,
-        ascii=not interactive,
-    )
 
 
 @dataclass

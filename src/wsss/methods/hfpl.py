@@ -137,7 +137,7 @@ class AddOn:
 
     @classmethod
     def of(cls, params: object, background: bool) -> AddOn:
-        """The add-on of a classifier's settings (:class:`wsss.settings.ClassifierParams`);
+        """The add-on of a classifier's settings (:class:`wsss.core.settings.ClassifierParams`);
         ``background``: whether the dataset has a background class."""
         names = [f.name for f in fields(cls) if f.name != "background"]
         return cls(**{name: getattr(params, name) for name in names}, background=background)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import copy
 import subprocess
 import sys
@@ -214,3 +215,49 @@ def test_import_leaves_torch_out() -> None:
     code = "import sys, wsss.workflow.config_check; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---- the dense CRF is an optional extra: a config that needs it says so before any job ----
+
+
+def test_without_the_dense_crf_each_setting_that_needs_it_is_named(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    config = copy.deepcopy(config)
+    config["seg"]["infer"]["crf"] = True
+    lines = problems_without_crf(config, tmp_path)
+    assert [line.split(":")[0] for line in lines] == ["method", "pseudo.crf", "seg.infer.crf"]
+    assert all("pip install 'wsss[crf]'" in line for line in lines)
+    assert "affinity labels of method psa always use it" in lines[0]
+    assert lines[1].endswith("or set pseudo.crf: false")
+
+
+def test_without_the_dense_crf_a_run_that_does_not_need_it_passes(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    config = copy.deepcopy(config)
+    check_config({**config, "last_step": "cam"}, tmp_path, crf_installed=False)
+    wsfcn = {**config, "method": "wsfcn"}
+    check_config(wsfcn, tmp_path, crf_installed=False)  # WS-FCN's inference: crf off
+    wsfcn["wsfcn"] = {**wsfcn["wsfcn"], "infer": {**wsfcn["wsfcn"]["infer"], "crf": True}}
+    assert [line.split(":")[0] for line in problems_without_crf(wsfcn, tmp_path)] == [
+        "wsfcn.infer.crf"
+    ]
+
+
+def test_the_crf_check_asks_this_python_when_not_told(
+    config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pydensecrf" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match="pydensecrf2 is not installed"):
+        check_config(config, tmp_path)
+    check_config(config, tmp_path, crf_installed=True)  # jobs in conda envs have it
+
+
+def problems_without_crf(config: dict[str, Any], base: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        check_config(config, base, crf_installed=False)
+    return str(info.value).splitlines()

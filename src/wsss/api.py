@@ -85,6 +85,7 @@ class Model:
 
     def predict(self, image: ImageLike, params: SegmentParams | None = None) -> Segmentation:
         """Segment one image with a segmentation model (``seg`` kind) or WS-FCN (``wsfcn``)."""
+        from wsss.core.runtime import amp_of
         from wsss.data.datasets import to_tensor
         from wsss.methods.inference import labels_from_probs, segment
 
@@ -96,7 +97,7 @@ class Model:
             [to_tensor(rgb)],
             params.scales,
             params.flip,
-            params.amp,
+            amp_of(params),
             params.max_pixels,
         )[0]
         mask = labels_from_probs(rgb, probs, params)

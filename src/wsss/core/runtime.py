@@ -17,11 +17,23 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """Mixed precision (bfloat16) on CUDA when ``enabled``; a no-op on the CPU."""
+AMP_DTYPES = ("bfloat16", "float16")
+
+
+def autocast(device: torch.device, amp: bool | str) -> torch.autocast:
+    """Mixed precision on CUDA: ``amp`` False (off), True or "bfloat16", or "float16" (GPUs
+    without bfloat16: V100, T4); a no-op on the CPU."""
+    if isinstance(amp, str) and amp not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, not {amp!r}")
+    dtype = torch.float16 if amp == "float16" else torch.bfloat16
     return torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda"
+        device_type=device.type, dtype=dtype, enabled=bool(amp) and device.type == "cuda"
     )
+
+
+def amp_of(params: object) -> bool | str:
+    """What :func:`autocast` takes from a stage's settings: False, or the autocast type."""
+    return getattr(params, "amp_dtype", True) if getattr(params, "amp", False) else False
 
 
 def progress(iterable: Iterable, desc: str, unit: str) -> tqdm:

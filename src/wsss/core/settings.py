@@ -52,7 +52,13 @@ class TrainParams:
     freeze_bn: bool = arg(True, "freeze the backbone's batch norm")
     seed: int = arg(0, "random seed (weights of new layers, augmentation, batch order)")
     num_workers: int = arg(2, "data-loading worker processes", minimum=0)
-    amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
+    amp: bool = arg(True, "mixed precision on CUDA (amp_dtype)")
+    amp_dtype: str = arg(
+        "bfloat16",
+        "autocast type with amp on CUDA: bfloat16, or float16 for GPUs without bfloat16 "
+        "(V100, T4; a training then scales its loss)",
+        choices=("bfloat16", "float16"),
+    )
     warmup_epochs: float = arg(1.0, "linear learning-rate warm-up (epochs; 0: none)", minimum=0)
     clip_norm: float = arg(5.0, "clip the gradient norm to this (0: no clipping)", minimum=0)
     health: str = arg(
@@ -126,7 +132,13 @@ class SegmentParams(CRFParams):
     flip: bool = arg(True, "also segment the mirrored image")
     crf: bool = arg(False, "refine the prediction with a dense CRF")
     batch_size: int = arg(4, "images per batch", minimum=1)
-    amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
+    amp: bool = arg(True, "mixed precision on CUDA (amp_dtype)")
+    amp_dtype: str = arg(
+        "bfloat16",
+        "autocast type with amp on CUDA: bfloat16, or float16 for GPUs without bfloat16 "
+        "(V100, T4; a training then scales its loss)",
+        choices=("bfloat16", "float16"),
+    )
     max_pixels: int = arg(
         MAX_PIXELS,
         "largest image (pixels) the network sees; larger ones are scaled down",

@@ -180,7 +180,7 @@ def grid_average(maps: Tensor, grid: tuple[int, int]) -> Tensor:
 
 
 @torch.no_grad()
-def affinity_features(model: AffinityNet, image: Tensor, amp: bool = False) -> Tensor:
+def affinity_features(model: AffinityNet, image: Tensor, amp: bool | str = False) -> Tensor:
     """Image [3, H, W] in [0, 255] -> features [D, ceil(H/8), ceil(W/8)] (padded input)."""
     height, width = image.shape[-2:]
     gh, gw = -(-height // GRID), -(-width // GRID)
@@ -201,7 +201,7 @@ def refine(
     beta: float,
     logt: int,
     alphas: Sequence[float],
-    amp: bool = False,
+    amp: bool | str = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Refined maps of one image (paper 3.3): foreground [K, gh, gw] and, with a background
     class, one background map per alpha [A, gh, gw] (else None).

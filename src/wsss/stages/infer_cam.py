@@ -25,7 +25,13 @@ class Params:
         (1.0, 0.5, 1.5, 2.0), "image scales averaged", items={"exclusiveMinimum": 0}, min_items=1
     )
     flip: bool = arg(True, "also average the mirrored image")
-    amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
+    amp: bool = arg(True, "mixed precision on CUDA (amp_dtype)")
+    amp_dtype: str = arg(
+        "bfloat16",
+        "autocast type with amp on CUDA: bfloat16, or float16 for GPUs without bfloat16 "
+        "(V100, T4; a training then scales its loss)",
+        choices=("bfloat16", "float16"),
+    )
     max_pixels: int = arg(
         MAX_PIXELS,
         "largest image (pixels) the network sees; larger ones are scaled down",
@@ -37,7 +43,7 @@ def run(io: IO, params: Params) -> None:
     """Write the CAMs of the present classes of every image of one shard to ``io.out``."""
     import numpy as np
 
-    from wsss.core.runtime import progress
+    from wsss.core.runtime import amp_of, progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
     from wsss.data.store import MapsWriter
@@ -67,7 +73,7 @@ def run(io: IO, params: Params) -> None:
                 rec.labels,
                 params.scales,
                 params.flip,
-                params.amp,
+                amp_of(params),
                 params.max_pixels,
                 rec.image,
             )

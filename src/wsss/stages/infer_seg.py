@@ -18,7 +18,7 @@ def run(io: IO, params: SegmentParams) -> None:
     import logging
 
     from wsss.core.atomic import atomic_dir
-    from wsss.core.runtime import progress
+    from wsss.core.runtime import amp_of, progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
@@ -44,7 +44,7 @@ def run(io: IO, params: SegmentParams) -> None:
                 [to_tensor(im) for im in images],
                 params.scales,
                 params.flip,
-                params.amp,
+                amp_of(params),
                 params.max_pixels,
                 [r.image for r in batch],
             )

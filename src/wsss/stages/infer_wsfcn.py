@@ -38,7 +38,7 @@ def run(io: IO, params: Params) -> None:
     import logging
 
     from wsss.core.atomic import atomic_dir
-    from wsss.core.runtime import progress
+    from wsss.core.runtime import amp_of, progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
     from wsss.data.palette import write_label_png
@@ -60,7 +60,7 @@ def run(io: IO, params: Params) -> None:
                 to_tensor(image),
                 params.scales,
                 params.flip,
-                params.amp,
+                amp_of(params),
                 params.max_pixels,
                 rec.image,
                 0.0 if io.present_only else params.score_cut,

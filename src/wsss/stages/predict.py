@@ -61,7 +61,7 @@ def run(io: IO, params: Params) -> list[Path]:
     from PIL import Image
 
     from wsss.core.atomic import atomic_path, save_png, write_json
-    from wsss.core.runtime import pick_device, progress
+    from wsss.core.runtime import amp_of, pick_device, progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import DatasetError, read_image
     from wsss.data.palette import label_image
@@ -100,7 +100,7 @@ def run(io: IO, params: Params) -> list[Path]:
             [to_tensor(im) for _, im in batch],
             params.scales,
             params.flip,
-            params.amp,
+            amp_of(params),
             params.max_pixels,
             [str(path) for path, _ in batch],
         )

@@ -30,12 +30,18 @@ class Params:
     alphas: tuple[float, ...] = arg(
         (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0), "background powers walked (and swept)", min_items=1
     )
-    amp: bool = arg(True, "mixed precision (bfloat16) on CUDA")
+    amp: bool = arg(True, "mixed precision on CUDA (amp_dtype)")
+    amp_dtype: str = arg(
+        "bfloat16",
+        "autocast type with amp on CUDA: bfloat16, or float16 for GPUs without bfloat16 "
+        "(V100, T4; a training then scales its loss)",
+        choices=("bfloat16", "float16"),
+    )
 
 
 def run(io: IO, params: Params) -> None:
     """Write the refined maps of every image of one shard to ``io.out``."""
-    from wsss.core.runtime import progress
+    from wsss.core.runtime import amp_of, progress
     from wsss.data.datasets import to_tensor
     from wsss.data.manifest import read_image
     from wsss.data.store import MapsReader, MapsWriter
@@ -75,7 +81,7 @@ def run(io: IO, params: Params) -> None:
                 params.beta,
                 params.logt,
                 alphas,
-                params.amp,
+                amp_of(params),
             )
             writer.add(rec.id, fg, item.classes, background=bg, size=item.size)
 

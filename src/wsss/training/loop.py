@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from wsss.core.atomic import atomic_dir, atomic_path, save_torch, write_json
 from wsss.core.errors import TrainingFailed
-from wsss.core.runtime import autocast, pick_device, progress
+from wsss.core.runtime import amp_of, autocast, pick_device, progress
 from wsss.core.settings import TrainIO, TrainParams
 from wsss.data.datasets import Augment
 from wsss.models.backbones import Backbone, build_backbone
@@ -372,7 +372,8 @@ def fit(
 
     Resumes after the last finished epoch recorded by ``checkpoints``. Per step: the poly
     learning rate (after a linear warm-up of ``params.warmup_epochs``), ``loss_fn(inputs,
-    targets)`` (on ``device``, under autocast when ``params.amp``, with torch's global
+    targets)`` (on ``device``, under autocast when ``params.amp``: ``params.amp_dtype``,
+    float16 with a scaled loss, with torch's global
     generator seeded from (seed, step) so that sampling inside a loss is the same in a
     resumed run), gradients clipped to
     the norm ``params.clip_norm`` (0: not clipped), an SGD step; a loss that is not finite
@@ -391,6 +392,11 @@ def fit(
     frozen = model.backbone if params.freeze_bn else None
     history = checkpoints.resume(model, optimizer)
     trained = [p for group in optimizer.param_groups for p in group["params"]]
+    # float16 autocast (GPUs without bfloat16) scales the loss so that small gradients do
+    # not underflow; with bfloat16, float32 or on the CPU the scaler does nothing.
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=amp_of(params) == "float16" and device.type == "cuda"
+    )
     for epoch in range(len(history), params.epochs):
         model.train()
         if frozen is not None:
@@ -413,7 +419,7 @@ def fit(
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             torch.manual_seed(params.seed * 1_000_003 + epoch * steps_per_epoch + step)
-            with autocast(device, params.amp):
+            with autocast(device, amp_of(params)):
                 loss, terms = split_terms(epoch_loss(inputs, targets))
             if not torch.isfinite(loss):
                 raise TrainingFailed(
@@ -424,10 +430,12 @@ def fit(
             if step == 0:
                 first_step_loss = float(loss.detach())  # the health check's reference
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             norm = torch.nn.utils.clip_grad_norm_(trained, params.clip_norm or float("inf"))
             norms.append(float(norm))
-            optimizer.step()
+            scaler.step(optimizer)  # skipped when a float16 gradient overflowed
+            scaler.update()
             total += loss.item() * len(inputs)
             for key, value in terms.items():
                 term_totals[key] = term_totals.get(key, 0.0) + float(value.detach()) * len(inputs)

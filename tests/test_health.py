@@ -154,6 +154,9 @@ def test_rising_loss_fires() -> None:
     assert "0.597" in problems[0].seen and "0.385" in problems[0].seen
     text = str(problems[0])
     assert "aff.train.lr 0.001" in text and "aff.train.warmup_epochs" in text
+    # with the training's learning rate known, a tenth of it (not a value it already has)
+    tenth = str(check_history(RISING, None, None, advice_prefix="wsfcn.train", lr=0.001)[0])
+    assert "wsfcn.train.lr 0.0001" in tenth
 
 
 def test_falling_tail_does_not_fire_rise_but_prior_does() -> None:

@@ -134,9 +134,11 @@ def weights_problem(names: Sequence[str], advice_prefix: str = "cam.train") -> l
     ]
 
 
-def _lower_lr(prefix: str) -> str:
+def _lower_lr(prefix: str, lr: float | None = None) -> str:
+    """The advice to lower the learning rate: a tenth of ``lr`` when it is known."""
+    example = f"{lr / 10:g}" if lr else "0.001"
     return (
-        f"lower the learning rate (e.g. {prefix}.lr 0.001) or lengthen the warm-up "
+        f"lower the learning rate (e.g. {prefix}.lr {example}) or lengthen the warm-up "
         f"({prefix}.warmup_epochs)"
     )
 
@@ -156,13 +158,15 @@ def check_history(
     advice_prefix: str = "cam.train",
     prior_name: str = "the label frequencies alone",
     start_loss: float | None = None,
+    lr: float | None = None,
 ) -> list[Problem]:
     """Problems in a training run so far (empty list: healthy).
 
     ``losses``: mean training loss of each epoch. ``held_out``: the held-out ``metric`` of
     each epoch in percent, ``prior``: the same metric from the label frequencies alone
     (``prior_scores``); either may be None to skip that check. ``advice_prefix`` is the
-    config section of the network concerned (e.g. ``"cam.train"``), named in the advice.
+    config section of the network concerned (e.g. ``"cam.train"``), named in the advice;
+    ``lr`` its learning rate (the advice suggests a tenth of it).
 
     - a non-finite loss, naming the (1-based) epochs;
     - an exploded loss: an epoch's mean above :data:`EXPLODED` times ``start_loss`` (the
@@ -183,11 +187,13 @@ def check_history(
                 "training loss is not finite",
                 f"loss {_series(losses[i - 1] for i in bad)} at epoch(s) "
                 f"{', '.join(map(str, bad))}",
-                _lower_lr(advice_prefix),
+                _lower_lr(advice_prefix, lr),
             )
         )
-    elif start_loss is not None and np.isfinite(start_loss) and any(
-        v > EXPLODED * max(abs(start_loss), 1.0) for v in losses
+    elif (
+        start_loss is not None
+        and np.isfinite(start_loss)
+        and any(v > EXPLODED * max(abs(start_loss), 1.0) for v in losses)
     ):
         ceiling = EXPLODED * max(abs(start_loss), 1.0)
         high = [i + 1 for i, v in enumerate(losses) if v > ceiling]
@@ -197,7 +203,7 @@ def check_history(
                 f"loss {_series(losses[i - 1] for i in high)} at epoch(s) "
                 f"{', '.join(map(str, high))}, above {ceiling:.3g} ({EXPLODED:g} times the "
                 f"first step's loss {start_loss:.3g})",
-                _lower_lr(advice_prefix),
+                _lower_lr(advice_prefix, lr),
             )
         )
     elif len(losses) > window:
@@ -215,7 +221,7 @@ def check_history(
                     f"epoch losses {_series(losses)}: mean of the last {window} is {recent:.3g}, "
                     f"{100 * (recent / earlier_min - 1):.0f} % above the best earlier "
                     f"{window}-epoch mean {earlier_min:.3g}",
-                    _lower_lr(advice_prefix),
+                    _lower_lr(advice_prefix, lr),
                 )
             )
     if held_out and prior is not None:
@@ -227,7 +233,7 @@ def check_history(
                     f"final held-out {metric} {final:.1f} % against {prior:.1f} % from "
                     f"{prior_name} (needs a margin of {margin:g} points); "
                     f"per epoch: {_series(held_out, '.1f')}",
-                    f"{_lower_lr(advice_prefix)}; if the loss is falling normally, check that "
+                    f"{_lower_lr(advice_prefix, lr)}; if the loss is falling normally, check that "
                     "the image labels match the images",
                 )
             )

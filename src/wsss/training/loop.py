@@ -211,12 +211,15 @@ def check_health(
             prior_name=held_out.prior_name,
             advice_prefix=config_key,
             start_loss=start,
+            lr=params.lr,
         )
         model.eval()
         with torch.no_grad():
             problems += held_out.final_checks(model)
     else:
-        problems = check_history(losses, None, None, advice_prefix=config_key, start_loss=start)
+        problems = check_history(
+            losses, None, None, advice_prefix=config_key, start_loss=start, lr=params.lr
+        )
     if model is not None:  # None: judge the history alone
         weights = model.state_dict().items()
         bad = [k for k, v in weights if v.is_floating_point() and not v.isfinite().all()]

@@ -100,7 +100,14 @@ def test_overrides_merge_recursively_and_leave_the_base_alone() -> None:
     assert plain == {k: v for k, v in BASE.items()}
     walk = changed["affinity"]["random_walk"]
     # nested keys replaced, their siblings kept
-    assert walk == {"radius": 5, "beta": 4, "logt": 8, "alphas": [2, 16], "amp": True}
+    assert walk == {
+        "radius": 5,
+        "beta": 4,
+        "logt": 8,
+        "alphas": [2, 16],
+        "amp": True,
+        "amp_dtype": "bfloat16",
+    }
     # lists replaced whole, not merged element-wise or appended
     assert changed["cam"]["infer"]["scales"] == [1.0]
     assert changed["cam"]["infer"]["flip"] is True

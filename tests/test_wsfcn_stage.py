@@ -373,7 +373,7 @@ def test_the_workflow_plans_the_wsfcn_steps(tmp_path: Path, extra: dict, expecte
         train = "/masks-train/" in command
         assert ("--split train --present-only" in command) == train, command
         assert ("--split val --no-present-only" in command) == (not train), command
-        assert "--scales 1.0 0.5 1.5 --flip" in command  # wsfcn.infer, not seg.infer
+        assert "--scales 1.0 0.5 1.5 " in command and " --flip " in command  # wsfcn.infer
     weak = [line for line in proc.stdout.splitlines() if "--supervision weak" in line]
     assert len(weak) == int(extra.get("wsfcn", {}).get("hybrid", False))
     for command in weak:
@@ -418,11 +418,12 @@ def test_the_wsfcn_ablation_runs_beside_psa_and_shares_the_bound(tmp_path: Path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout)
     variants = [e["name"] for e in ablation["experiments"]]
-    single_stage_variants = len(variants) - 1
+    # the hybrid shares the network of "both" (same wsfcn.train), adding a segmentation network
+    single_stage_variants = len(variants) - 2
     assert jobs["train_wsfcn"] == single_stage_variants
     assert jobs["infer_wsfcn"] == 4 * single_stage_variants
     assert jobs["train_cam"] == jobs["train_aff"] == 1  # the psa pipeline, once
-    assert jobs["train_seg"] == 2  # psa's weak network and the one bound of every variant
+    assert jobs["train_seg"] == 3  # psa's and the hybrid's weak networks, the one bound
     assert {k: jobs[k] for k in ONCE} == ONCE
     assert jobs["report_examples"] == len(variants)  # a panel of each, either method
     run = ablation["run"]

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import yaml
+from snakemake.utils import validate
 
 from wsss.workflow.experiments import merge
 
@@ -138,6 +139,8 @@ def main() -> int:
     config: dict = yaml.safe_load((ROOT / "config.yaml").read_text())
     for path in [*args.base, args.config]:
         config = merge(config, yaml.safe_load(path.read_text()) or {})
+    # every setting the files leave out, from the schema's defaults (as the workflow does)
+    validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"), set_default=True)
     run_dir = ROOT / config["results"] / config["run"]
     curve = run_dir / "curve"
     log = curve / "curve.log"

@@ -9,15 +9,14 @@ from collections.abc import Iterable
 import torch
 from tqdm import tqdm
 
+from wsss.core.settings import AMP_DTYPES, AmpParams
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` -> the visible CUDA device if there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-AMP_DTYPES = ("bfloat16", "float16")
 
 
 def autocast(device: torch.device, amp: bool | str) -> torch.autocast:
@@ -31,9 +30,9 @@ def autocast(device: torch.device, amp: bool | str) -> torch.autocast:
     )
 
 
-def amp_of(params: object) -> bool | str:
+def amp_of(params: AmpParams) -> bool | str:
     """What :func:`autocast` takes from a stage's settings: False, or the autocast type."""
-    return getattr(params, "amp_dtype", True) if getattr(params, "amp", False) else False
+    return params.amp_dtype if params.amp else False
 
 
 def progress(iterable: Iterable, desc: str, unit: str) -> tqdm:

@@ -15,10 +15,26 @@ BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
 # Pixels of the largest image a network runs on at inference (a 6000 x 4000 photo at one
 # scale needs about 9 GB on a CPU with Lite0; 4 megapixels about 1.6 GB).
 MAX_PIXELS = 4_000_000
+# Autocast types on CUDA (float16 for GPUs without bfloat16).
+AMP_DTYPES = ("bfloat16", "float16")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainParams:
+class AmpParams:
+    """Mixed precision on CUDA, for every stage that runs a network: bfloat16, or float16
+    for GPUs without bfloat16; off on the CPU whatever it says."""
+
+    amp: bool = arg(True, "mixed precision on CUDA (amp_dtype)")
+    amp_dtype: str = arg(
+        "bfloat16",
+        "autocast type with amp on CUDA: bfloat16, or float16 for GPUs without bfloat16 "
+        "(V100, T4; a training then scales its loss)",
+        choices=AMP_DTYPES,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainParams(AmpParams):
     """What every network training takes: SGD, poly schedule, learning-rate multipliers
     1 / 2 / 10 / 20 (pretrained weights / biases, new weights / biases), 5e-4 decay (the
     reference), and two guards the reference lacks: a one-epoch linear warm-up and the
@@ -52,13 +68,6 @@ class TrainParams:
     freeze_bn: bool = arg(True, "freeze the backbone's batch norm")
     seed: int = arg(0, "random seed (weights of new layers, augmentation, batch order)")
     num_workers: int = arg(2, "data-loading worker processes", minimum=0)
-    amp: bool = arg(True, "mixed precision on CUDA (amp_dtype)")
-    amp_dtype: str = arg(
-        "bfloat16",
-        "autocast type with amp on CUDA: bfloat16, or float16 for GPUs without bfloat16 "
-        "(V100, T4; a training then scales its loss)",
-        choices=("bfloat16", "float16"),
-    )
     warmup_epochs: float = arg(1.0, "linear learning-rate warm-up (epochs; 0: none)", minimum=0)
     clip_norm: float = arg(5.0, "clip the gradient norm to this (0: no clipping)", minimum=0)
     health: str = arg(
@@ -122,7 +131,7 @@ class CRFParams:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SegmentParams(CRFParams):
+class SegmentParams(CRFParams, AmpParams):
     """Segmentation at test time: the reference scales and flip (0.5 .. 1.5, < 2 mIoU
     gain); dCRF off."""
 
@@ -132,13 +141,6 @@ class SegmentParams(CRFParams):
     flip: bool = arg(True, "also segment the mirrored image")
     crf: bool = arg(False, "refine the prediction with a dense CRF")
     batch_size: int = arg(4, "images per batch", minimum=1)
-    amp: bool = arg(True, "mixed precision on CUDA (amp_dtype)")
-    amp_dtype: str = arg(
-        "bfloat16",
-        "autocast type with amp on CUDA: bfloat16, or float16 for GPUs without bfloat16 "
-        "(V100, T4; a training then scales its loss)",
-        choices=("bfloat16", "float16"),
-    )
     max_pixels: int = arg(
         MAX_PIXELS,
         "largest image (pixels) the network sees; larger ones are scaled down",

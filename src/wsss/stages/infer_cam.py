@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.core.settings import MAX_PIXELS, NetShardIO
+from wsss.core.settings import MAX_PIXELS, AmpParams, NetShardIO
 from wsss.core.stage import Stage, arg
 
 
@@ -18,20 +18,13 @@ class IO(NetShardIO):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Params:
+class Params(AmpParams):
     """Inference settings; the scales are those of the AffinityNet reference code."""
 
     scales: tuple[float, ...] = arg(
         (1.0, 0.5, 1.5, 2.0), "image scales averaged", items={"exclusiveMinimum": 0}, min_items=1
     )
     flip: bool = arg(True, "also average the mirrored image")
-    amp: bool = arg(True, "mixed precision on CUDA (amp_dtype)")
-    amp_dtype: str = arg(
-        "bfloat16",
-        "autocast type with amp on CUDA: bfloat16, or float16 for GPUs without bfloat16 "
-        "(V100, T4; a training then scales its loss)",
-        choices=("bfloat16", "float16"),
-    )
     max_pixels: int = arg(
         MAX_PIXELS,
         "largest image (pixels) the network sees; larger ones are scaled down",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.core.settings import MapsShardIO, NetShardIO
+from wsss.core.settings import AmpParams, MapsShardIO, NetShardIO
 from wsss.core.stage import Stage, arg
 
 
@@ -21,7 +21,7 @@ class IO(NetShardIO, MapsShardIO):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Params:
+class Params(AmpParams):
     """Random-walk settings of the paper: radius 5, beta 8, t = 2^8; alphas to sweep."""
 
     radius: int = arg(5, "neighbours at grid distance below this radius", minimum=1)
@@ -29,13 +29,6 @@ class Params:
     logt: int = arg(8, "log2 of the number of walk steps t", minimum=0)
     alphas: tuple[float, ...] = arg(
         (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0), "background powers walked (and swept)", min_items=1
-    )
-    amp: bool = arg(True, "mixed precision on CUDA (amp_dtype)")
-    amp_dtype: str = arg(
-        "bfloat16",
-        "autocast type with amp on CUDA: bfloat16, or float16 for GPUs without bfloat16 "
-        "(V100, T4; a training then scales its loss)",
-        choices=("bfloat16", "float16"),
     )
 
 

@@ -198,7 +198,8 @@ def main() -> int:
             + f" | {change} | {fmt(ratio, 3)} | {NETWORKS[rule]} | {score}"
             + f" | {fmt(mean_epoch_seconds(net_dir / 'training.csv'), 1)}"
             + f" | {fmt(max_rss(exp['benchmarks'][rule]), 0)} | {fmt(max_rss(every), 0)}"
-            + f" | {fmt(wall / 60 if trained else None, 1)} | {fmt(max_rss(own) if trained else None, 0)} |"
+            + f" | {fmt(wall / 60 if trained else None, 1)}"
+            + f" | {fmt(max_rss(own) if trained else None, 0)} |"
         )
     if unmeasured:
         print(
@@ -234,7 +235,8 @@ def main() -> int:
             for cls in args.where:
                 if cls not in data["labels"]:
                     parser.error(
-                        f"--where {cls!r}: not a label of {name}'s {step} ({', '.join(data['labels'])})"
+                        f"--where {cls!r}: not a label of {name}'s {step} "
+                        f"({', '.join(data['labels'])})"
                     )
                 lost = taken_by(data["confusion"], data["labels"], cls)
                 cells.append(

@@ -90,3 +90,21 @@ def test_bad_weight_files_name_the_file(tmp_path: Path) -> None:
         build_backbone("resnet101", 16, weights="imagenet")
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("vgg16", 16)
+
+
+def test_every_backbone_name_has_a_builder_and_the_offline_flag_is_true() -> None:
+    """The names of the settings (and so of the schema and the config check) are the
+    builders'; a backbone flagged as shipping its ImageNet weights builds with them, the
+    others refuse ``imagenet`` naming the backbone."""
+    from wsss.core.settings import BACKBONES
+    from wsss.models.backbones import BUILDERS
+
+    assert list(BUILDERS) == list(BACKBONES)
+    for name, offline in BACKBONES.items():
+        if offline:
+            assert isinstance(build_backbone(name, 16, "imagenet"), torch.nn.Module)
+        else:
+            with pytest.raises(ValueError, match=f"no offline ImageNet weights for {name}"):
+                build_backbone(name, 16, "imagenet")
+    with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
+        build_backbone("vgg16", 16)

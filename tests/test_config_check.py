@@ -205,10 +205,7 @@ def module_constants(name: str) -> list[object]:
 
 def test_constants_match_the_code() -> None:
     """Read from the source: the modules that define them import torch."""
-    backbones = module_constants("BACKBONES")
-    assert backbones and all(b == config_check.BACKBONES for b in backbones)
     assert set(module_constants("GRID")) == {config_check.AFF_GRID}
-    assert config_check.OFFLINE_IMAGENET <= set(config_check.BACKBONES)
 
 
 def test_import_leaves_torch_out() -> None:
@@ -249,6 +246,7 @@ def test_the_crf_check_asks_this_python_when_not_told(
     config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = importlib.util.find_spec
+
     def find_spec(name: str, *args: object) -> object:
         return None if name == "pydensecrf" else real(name, *args)
 

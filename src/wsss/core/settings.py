@@ -11,7 +11,15 @@ from pathlib import Path
 
 from wsss.core.stage import arg
 
-BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
+# The backbones wsss.models.backbones.build_backbone builds (its BUILDERS, one per name), and
+# whether their ImageNet weights ship in an installed package (``weights: imagenet``); the
+# others need the path of a weights file. A new backbone: a builder there, a name here.
+BACKBONES: dict[str, bool] = {
+    "lite0": True,
+    "resnet50": False,
+    "resnet101": False,
+    "resnet38d": False,
+}
 # Pixels of the largest image a network runs on at inference (a 6000 x 4000 photo at one
 # scale needs about 9 GB on a CPU with Lite0; 4 megapixels about 1.6 GB).
 MAX_PIXELS = 4_000_000
@@ -40,7 +48,7 @@ class TrainParams(AmpParams):
     reference), and two guards the reference lacks: a one-epoch linear warm-up and the
     gradient norm clipped at 5, so that a new dataset does not diverge in its first steps."""
 
-    backbone: str = arg("lite0", "backbone network", choices=BACKBONES)
+    backbone: str = arg("lite0", "backbone network", choices=tuple(BACKBONES))
     weights: str = arg(
         "imagenet", "backbone weights: imagenet (offline, lite0 only) or a state-dict path"
     )

@@ -250,7 +250,9 @@ class MapsReader:
                 try:
                     keys = list(f["images"])
                 except (KeyError, OSError, RuntimeError) as err:
-                    raise StoreError(f"{path}: damaged: its image index cannot be read ({err})")
+                    raise StoreError(
+                        f"{path}: damaged: its image index cannot be read ({err})"
+                    ) from err
                 for key in keys:
                     image_id = key.replace("%2F", "/")
                     if image_id in self.where:

@@ -49,7 +49,9 @@ def scores(conf: np.ndarray, names: Sequence[str]) -> dict:
     }
 
 
-def taken_by(conf: np.ndarray, names: Sequence[str], name: str, top: int = 2) -> list[tuple[str, float]]:
+def taken_by(
+    conf: np.ndarray, names: Sequence[str], name: str, top: int = 2
+) -> list[tuple[str, float]]:
     """The labels that take the ground-truth pixels of class ``name`` most often, with the
     share of its pixels each takes (percent, largest first; the class itself left out).
 

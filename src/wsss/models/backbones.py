@@ -305,7 +305,48 @@ def _strict_load(module: nn.Module, state: dict[str, Tensor], path: str | os.Pat
     module.load_state_dict({k: state.get(k, own[k]) for k in own})
 
 
-BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
+def _no_offline_weights(name: str, what: str) -> ValueError:
+    return ValueError(
+        f"no offline ImageNet weights for {name}: give the path of {what} as backbone weights"
+    )
+
+
+def _lite0(name: str, output_stride: int, weights: str | os.PathLike[str] | None) -> Backbone:
+    net = EfficientNetLite0(output_stride)
+    if weights is not None:
+        load_lite0_imagenet(net, None if weights == "imagenet" else weights)
+    return net
+
+
+def _resnet(name: str, output_stride: int, weights: str | os.PathLike[str] | None) -> Backbone:
+    net = TorchvisionResNet(int(name[len("resnet") :]), output_stride)
+    if weights == "imagenet":
+        raise _no_offline_weights(name, "a torchvision state dict (e.g. resnet50-0676ba61.pth)")
+    if weights is not None:
+        load_resnet_imagenet(net, weights)
+    return net
+
+
+def _resnet38d(name: str, output_stride: int, weights: str | os.PathLike[str] | None) -> Backbone:
+    from wsss.models.resnet38d import ResNet38d, load_resnet38d_weights
+
+    net = ResNet38d(output_stride)
+    net.norm = IMAGENET_NORM
+    if weights == "imagenet":
+        raise _no_offline_weights(name, "the converted ResNet-38 state dict")
+    if weights is not None:
+        load_resnet38d_weights(net, weights)
+    return net
+
+
+# One builder per name of wsss.core.settings.BACKBONES (a test checks that they agree):
+# (name, output stride, weights) -> the backbone.
+BUILDERS: dict[str, Callable[[str, int, str | os.PathLike[str] | None], Backbone]] = {
+    "lite0": _lite0,
+    "resnet50": _resnet,
+    "resnet101": _resnet,
+    "resnet38d": _resnet38d,
+}
 
 
 def build_backbone(
@@ -313,35 +354,10 @@ def build_backbone(
 ) -> Backbone:
     """A backbone initialised from ImageNet weights.
 
-    ``weights``: ``"imagenet"`` uses the offline Lite0 package for ``lite0`` (the other
-    backbones need a path); a path loads that file; ``None`` leaves random weights.
+    ``weights``: ``"imagenet"`` uses the offline package of a backbone that has one
+    (``wsss.core.settings.BACKBONES``: lite0); a path loads that file; ``None`` leaves random
+    weights.
     """
-    if name == "lite0":
-        net: Backbone = EfficientNetLite0(output_stride)
-        if weights is not None:
-            load_lite0_imagenet(net, None if weights == "imagenet" else weights)
-        return net
-    if name in ("resnet50", "resnet101"):
-        net = TorchvisionResNet(int(name[len("resnet") :]), output_stride)
-        if weights == "imagenet":
-            raise ValueError(
-                f"no offline ImageNet weights for {name}: give the path of a torchvision "
-                "state dict (e.g. resnet50-0676ba61.pth) as backbone weights"
-            )
-        if weights is not None:
-            load_resnet_imagenet(net, weights)
-        return net
-    if name == "resnet38d":
-        from wsss.models.resnet38d import ResNet38d, load_resnet38d_weights
-
-        net38 = ResNet38d(output_stride)
-        net38.norm = IMAGENET_NORM
-        if weights == "imagenet":
-            raise ValueError(
-                "no offline ImageNet weights for resnet38d: give the path of the converted "
-                "ResNet-38 state dict as backbone weights"
-            )
-        if weights is not None:
-            load_resnet38d_weights(net38, weights)
-        return net38
-    raise ValueError(f"unknown backbone '{name}' (choose from {', '.join(BACKBONES)})")
+    if name not in BUILDERS:
+        raise ValueError(f"unknown backbone '{name}' (choose from {', '.join(BUILDERS)})")
+    return BUILDERS[name](name, output_stride, weights)

@@ -15,14 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from wsss.core.settings import BACKBONES
 from wsss.data import LOADERS, unknown_options
 from wsss.workflow.pipeline import artefacts_of, lookup, steps_of
 
-# Names build_backbone knows (wsss.models.backbones.BACKBONES, which imports torch).
-BACKBONES = ("lite0", "resnet50", "resnet101", "resnet38d")
-# Backbones whose ImageNet weights ship in an installed package (weights: imagenet); the
-# others need the path of a weights file. Extend together with build_backbone.
-OFFLINE_IMAGENET = {"lite0"}
 # The stride of AffinityNet's features (GRID in wsss.stages.train_aff): its training crops
 # must be a multiple of it, or the features outgrow the label grid (the schema agrees).
 AFF_GRID = 8
@@ -146,11 +142,12 @@ def _check_backbone(key: str, train: dict[str, Any], base: Path) -> list[str]:
     if name not in BACKBONES:
         return [f"{key}.backbone: unknown backbone '{name}' (choose from {', '.join(BACKBONES)})"]
     if weights == "imagenet":
-        if name in OFFLINE_IMAGENET:
+        if BACKBONES[name]:
             return []
+        offline = ", ".join(sorted(b for b, shipped in BACKBONES.items() if shipped))
         return [
             f"{key}.weights: no offline ImageNet weights for {name} (only for "
-            f"{', '.join(sorted(OFFLINE_IMAGENET))}): give the path of a weights file"
+            f"{offline}): give the path of a weights file"
         ]
     path = base / weights
     if path.is_file():

@@ -68,6 +68,7 @@ rule all:
     input:
         [metrics_of(path) for path in EXPERIMENTS],
         expand(rules.report_figures.output, exp=EXPERIMENTS),
+        [expand(target, exp=EXPERIMENTS) for target in EXPERIMENT_TARGETS],
         [
             expand(rules.report_examples.output, exp=path)
             for path in EXPERIMENTS

@@ -44,6 +44,10 @@ COMPARISON = f"{RESULTS}/{config['run']}/comparison"
 DEMOS = experiments.demo_datasets(EXPERIMENTS)
 # The run's directory, locked while a run writes into it (lock_results).
 RUN_DIR = f"{RESULTS}/{config['run']}"
+# Outputs of every experiment that `rule all` asks for besides its scored steps and report
+# (patterns with {exp}): a rule whose output nothing else reads adds itself here,
+# `EXPERIMENT_TARGETS.append(rules.<name>.output)`, so a new stage needs no other file.
+EXPERIMENT_TARGETS = []
 RESULTS_LOCK = os.path.join(RUN_DIR, ".lock")
 
 

@@ -27,20 +27,22 @@ REPO = Path(__file__).resolve().parent.parent
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"SLURM test skipped: {REASON}")
 
+
+def local_rules() -> set[str]:
+    """The rules that run beside Snakemake: the Snakefile's ``localrules:`` and every rule
+    declared with ``localrule: True``."""
+    block = re.search(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", (REPO / "Snakefile").read_text(), re.M)
+    names = set(re.findall(r"\w+", block.group(1)))
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for rule in re.split(r"^(?=rule \w+)", smk.read_text(), flags=re.M):
+            if re.search(r"^\s+localrule:\s*True", rule, re.M):
+                names.add(re.match(r"rule (\w+)", rule)[1])
+    return names
+
+
+LOCAL_RULES = local_rules()
 # One thread per job in both runs, so that both compute the same numbers; memory and time
 # within what the one test node offers.
-# Rules the Snakefile declares `localrules` (no experiments here: no comparison).
-LOCAL_RULES = (
-    "eval_cam",
-    "eval_aff_labels",
-    "eval_rw",
-    "eval_pseudo",
-    "eval_seg",
-    "report_figures",
-    "report_examples",
-    "experiment_plan",
-    "compare",
-)
 CONFIG = {
     **TINY,
     "threads": {"train": 1, "shard": 1},
@@ -93,7 +95,8 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(
 
     # Every job of the workflow but the cheap local ones went through sbatch: slurmctld
     # lists one completed job per planned job (the executor puts the rule name in the
-    # job's comment); evaluations and figures run beside Snakemake (`localrules`).
+    # job's comment); evaluations and figures run beside Snakemake (local rules; no
+    # experiments here: no comparison).
     planned = planned_jobs(log)
     planned.pop("all")  # the target rule runs no command
     local_jobs = {rule: planned.pop(rule) for rule in LOCAL_RULES if rule in planned}

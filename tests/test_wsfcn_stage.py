@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from config_defaults import demo_config
-from test_workflow import planned_jobs, snakemake
+from test_workflow import planned_jobs, report_jobs, snakemake
 from test_workflow_config import ONCE, dry_run
 
 from wsss.api import load
@@ -344,7 +344,7 @@ METHOD = {"method": "wsfcn"}
 # splits (two shards each) and their scores.
 WSFCN_JOBS = {"train_wsfcn": 1, "infer_wsfcn": 4, "eval_wsfcn": 2}
 BOUND_JOBS = {"train_seg": 1, "infer_seg": 2, "eval_seg": 1}
-RUN = {"make_demo": 1, "prepare_dataset": 1, "report_figures": 1, "report_examples": 1, "all": 1}
+RUN = {"make_demo": 1, "prepare_dataset": 1, **report_jobs(1), "all": 1}
 
 
 @pytest.mark.parametrize(

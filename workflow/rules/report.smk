@@ -77,3 +77,30 @@ rule report_examples:
         " {params.columns} --model {input.model:q} --count 6"
         " --gallery {output.gallery:q}"
         " > {log:q} 2>&1"
+
+
+rule confusion:
+    """Where each class's pixels go, for every scored step: a picture per step and a table
+    of the labels that take each class's pixels."""
+    input:
+        metrics=lambda wc: metrics_of(wc.exp),
+    output:
+        pictures=report(
+            directory(out("report/confusion")),
+            patterns=["{step}.png"],
+            category="1. Scores",
+            subcategory="{exp}",
+            labels={"experiment": "{exp}", "figure": "confusion: {step}"},
+        ),
+    localrule: True
+    log:
+        log("confusion"),
+    benchmark:
+        bench("confusion")
+    conda:
+        "../../envs/wsss.yaml"
+    shell:
+        "wsss confusion --metrics {input.metrics:q} --out {output.pictures:q} > {log:q} 2>&1"
+
+
+EXPERIMENT_TARGETS.append(rules.confusion.output)

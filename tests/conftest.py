@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny generated demo dataset and its manifest."""
+"""Shared fixtures: a tiny generated demo dataset and its manifest, and the tiny workflow run
+to the end."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def tiny_manifest(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     validate(manifest, ["train", "val"])
     manifest.save(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch working directory in which the tiny demo workflow (``TINY`` of
+    tests/test_workflow.py) ran to the end: ``results/tiny/``. Tests only read it."""
+    from test_workflow import snakemake
+
+    workdir = tmp_path_factory.mktemp("workflow")
+    proc = snakemake(workdir, "all")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir

@@ -106,14 +106,6 @@ def report_jobs(experiments: int, examples: int | None = None) -> dict[str, int]
     return {rule: count for rule, count in jobs.items() if count}
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("workflow")
-    proc = snakemake(workdir, "all")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
-
-
 def test_run_writes_every_artefact(finished_run: Path) -> None:
     run = finished_run / "results" / "tiny"
     for path in [

@@ -474,3 +474,39 @@ def test_cam_training_with_the_add_on_records_its_terms_and_resumes_exactly(
     b = torch.load(tmp_path / "resumed/model.pt", weights_only=True)["state_dict"]
     for key in a:
         torch.testing.assert_close(a[key], b[key])
+
+
+def test_without_the_no_class_channel_the_maps_are_the_present_classes_alone() -> None:
+    """``similarity_no_class: with_background`` drops y_0 on a dataset without a background
+    class (and keeps it on one that has it); the loss is then that of the classes' maps."""
+    torch.manual_seed(3)
+    logits = torch.randn(2, 3, 6, 6) * 2
+    targets = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    keep = hfpl.class_maps(logits, targets, AddOn(background=False))
+    drop = hfpl.class_maps(logits, targets, AddOn(background=False, no_class=False))
+    torch.testing.assert_close(drop, keep[:, 1:])
+    for posterior in ("binomial", "multinomial"):
+        maps = hfpl.class_maps(logits, targets, AddOn(posterior, background=False, no_class=False))
+        assert maps.shape == (2, 3, 6, 6)
+
+    class Params:  # the settings as the training stage reads them
+        posterior, sampling_weight, samples, similarity_weight = "binomial", 0.0, 10, 1.0
+        similarity_mu, similarity_sigma, similarity_radius = 2.5, 40.0, 0.0
+        similarity_no_class = "with_background"
+
+    assert AddOn.of(Params, background=False).no_class is False
+    assert AddOn.of(Params, background=True).no_class is True
+    Params.similarity_no_class = "always"
+    assert AddOn.of(Params, background=False).no_class is True
+    # one class that fills one side of a colour edge, nothing on the other: with y_0 the
+    # edge is a change of prediction (reward 1), without it half of one
+    h, w = 6, 8
+    colours = two_colours(h, w)
+    a_none = torch.stack([hard_logits(h, w, 5, -5), hard_logits(h, w, -5, -5)])[None]
+    both = torch.ones(1, 2)
+    with_y0 = hfpl.similarity_loss(
+        colours, hfpl.class_maps(a_none, both, AddOn()), 2.5, 16.0, stride=8
+    )
+    alone = hfpl.class_maps(a_none, both, AddOn(background=False, no_class=False))
+    without = hfpl.similarity_loss(colours, alone, 2.5, 16.0, stride=8)
+    assert float(without) == pytest.approx(0.5 * float(with_y0), rel=1e-4)

@@ -123,6 +123,13 @@ class ClassifierParams:
         "feature similarity loss: pairs at most this far apart (image pixels; 0: 3 sigma)",
         minimum=0,
     )
+    similarity_no_class: str = arg(
+        "always",
+        "feature similarity loss: its 'none of the present classes' channel y_0 (the "
+        "reference's background map): always, or with_background (only on a dataset with a "
+        "background class; without one, the present classes' maps alone)",
+        choices=("always", "with_background"),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -113,7 +113,8 @@ class AddOn:
     ``sampling_weight`` w mixes the losses as (1 - w) GAP + w IS; ``samples`` is K;
     ``similarity_weight`` multiplies L_FS; ``similarity_sigma`` and ``similarity_radius``
     are in image pixels (radius 0: 3 sigma); ``background``: whether the multinomial
-    posterior has a background logit (the dataset has a background class)."""
+    posterior has a background logit (the dataset has a background class); ``no_class``:
+    whether the similarity loss's maps have the channel y_0 (:func:`class_maps`)."""
 
     posterior: str = "binomial"
     sampling_weight: float = 0.0
@@ -123,6 +124,7 @@ class AddOn:
     similarity_sigma: float = 40.0
     similarity_radius: float = 0.0
     background: bool = True
+    no_class: bool = True
 
     def __post_init__(self) -> None:
         if self.posterior not in POSTERIORS:
@@ -139,8 +141,13 @@ class AddOn:
     def of(cls, params: object, background: bool) -> AddOn:
         """The add-on of a classifier's settings (:class:`wsss.core.settings.ClassifierParams`);
         ``background``: whether the dataset has a background class."""
-        names = [f.name for f in fields(cls) if f.name != "background"]
-        return cls(**{name: getattr(params, name) for name in names}, background=background)
+        names = [f.name for f in fields(cls) if f.name not in ("background", "no_class")]
+        no_class = getattr(params, "similarity_no_class", "always") == "always" or background
+        return cls(
+            **{name: getattr(params, name) for name in names},
+            background=background,
+            no_class=no_class,
+        )
 
     @property
     def active(self) -> bool:
@@ -200,7 +207,8 @@ def max_normalised(logits: Tensor) -> Tensor:
 
 
 def class_maps(logits: Tensor, targets: Tensor, addon: AddOn) -> Tensor:
-    """The predictions y of L_FS: [B, C, h, w] logits, [B, C] labels -> [B, 1 + C, h, w].
+    """The predictions y of L_FS: [B, C, h, w] logits, [B, C] labels -> [B, 1 + C, h, w]
+    ([B, C, h, w] without ``addon.no_class``).
 
     Channel 0 is "none of the present classes" (the background on a dataset that has one),
     channels 1.. the classes, zero for the absent ones. binomial (the reference): the
@@ -214,7 +222,7 @@ def class_maps(logits: Tensor, targets: Tensor, addon: AddOn) -> Tensor:
         log_p, _ = log_probabilities(logits, addon.posterior, addon.background)
         maps = log_p.exp() * present
         none = 1.0 - maps.sum(1, keepdim=True)
-    return torch.cat([none, maps], 1)
+    return torch.cat([none, maps], 1) if addon.no_class else maps
 
 
 def grid_stride(image_size: Sequence[int], grid_size: Sequence[int]) -> tuple[float, float]:

@@ -25,10 +25,12 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-# Environment of each policy: "default" leaves OpenMP's own (threads spin a while before
-# they sleep); "passive": threads sleep as soon as they wait.
+# Environment of each policy: "default" leaves OpenMP's own (GNU OpenMP: a waiting thread
+# spins about 300,000 times before it sleeps); "short-spin": 10,000 times; "passive":
+# threads sleep as soon as they wait.
 POLICIES = {
     "default": {},
+    "short-spin": {"GOMP_SPINCOUNT": "10000"},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
 }
 

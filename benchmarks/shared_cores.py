@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-# Environment of each policy: "default" leaves OpenMP's own (GNU OpenMP: a waiting thread
-# spins about 300,000 times before it sleeps); "short-spin": 10,000 times; "passive":
+# Environment of each policy, given explicitly (wsss sets GOMP_SPINCOUNT=10000 itself when
+# the environment chooses nothing): "openmp": GNU OpenMP's default, a waiting thread spins
+# 300,000 times before it sleeps; "short-spin": 10,000 times, wsss's default; "passive":
 # threads sleep as soon as they wait.
 POLICIES = {
-    "default": {},
+    "openmp": {"GOMP_SPINCOUNT": "300000"},
     "short-spin": {"GOMP_SPINCOUNT": "10000"},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
 }

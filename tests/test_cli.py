@@ -8,6 +8,7 @@ import ast
 import dataclasses
 import importlib
 import json
+import os
 import pkgutil
 import subprocess
 import sys
@@ -173,3 +174,28 @@ def test_registry_names_are_unique_and_cover_the_commands() -> None:
     assert len(names) == len(set(names)), sorted(names)
     assert sorted(registry()) == sorted(names)
     assert COMMANDS <= set(names)
+
+
+def test_openmp_waits_briefly_unless_the_environment_says_otherwise() -> None:
+    """The CLI sets GNU OpenMP's spin count before anything loads torch (two jobs on the
+    same cores: docs/benchmarks.md, "Speed"); a wait the user chose is kept."""
+    from wsss.cli import SPIN_COUNT, share_cores
+
+    env: dict[str, str] = {}
+    share_cores(env)
+    assert env == {"GOMP_SPINCOUNT": SPIN_COUNT}
+    for chosen in ({"GOMP_SPINCOUNT": "300000"}, {"OMP_WAIT_POLICY": "ACTIVE"}):
+        env = dict(chosen)
+        share_cores(env)
+        assert env == chosen
+    code = (
+        "import os, sys\n"
+        "from wsss.cli import main\n"
+        "try:\n    main(['inspect', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=clean
+    )
+    assert proc.stdout.split()[-2:] == [SPIN_COUNT, "False"]

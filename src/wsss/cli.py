@@ -113,9 +113,25 @@ def build_parser(stages: dict[str, Stage] | None = None) -> argparse.ArgumentPar
     return parser
 
 
+# GNU OpenMP's waiting threads spin about 300,000 times before they sleep; two jobs on the
+# same cores then spin on the cores the other needs (two CAM trainings on 2 cores: 3-4x
+# their time alone; with 10,000: 2.1-2.3x, and no slower alone; docs/benchmarks.md, "Speed").
+SPIN_COUNT = "10000"
+
+
+def share_cores(environ: typing.MutableMapping[str, str]) -> None:
+    """A short OpenMP spin (``GOMP_SPINCOUNT``) unless the environment chooses its own wait
+    (``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``); set before torch loads OpenMP."""
+    if "GOMP_SPINCOUNT" not in environ and "OMP_WAIT_POLICY" not in environ:
+        environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run the stage, and turn expected errors into one line on stderr, with the
     exit code of their kind (:mod:`wsss.core.errors`: 2 usage, 3 input, 4 training health)."""
+    import os
+
+    share_cores(os.environ)
     args = build_parser().parse_args(argv)
     stage: Stage = args._stage
     logging.basicConfig(

@@ -114,8 +114,9 @@ def build_parser(stages: dict[str, Stage] | None = None) -> argparse.ArgumentPar
 
 
 # GNU OpenMP's waiting threads spin about 300,000 times before they sleep; two jobs on the
-# same cores then spin on the cores the other needs (two CAM trainings on 2 cores: 3-4x
-# their time alone; with 10,000: 2.1-2.3x, and no slower alone; docs/benchmarks.md, "Speed").
+# same cores then spin on the cores the other needs (two CAM trainings on 2 cores: 3-4.6x
+# their time alone; with 10,000: 1.9-2.3x, and about 11 % slower alone, within the runs'
+# noise; docs/benchmarks.md, "Speed").
 SPIN_COUNT = "10000"
 
 

@@ -21,7 +21,6 @@ command that none of these covers fails the test, so a new example needs a way t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -33,7 +32,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_convert import SBD_TRAIN, VOC_TRAIN, write_msrc, write_sbd, write_voc
-from test_loaders import COCO_H, COCO_W, coco_files, coco_json, write_jpeg
+from test_loaders import write_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*(\w*)")
@@ -91,16 +90,6 @@ def test_every_documented_command_has_a_way_to_run() -> None:
 
 
 # ---- the scratch directory ----------------------------------------------------------------
-
-
-def write_coco(root: Path) -> None:
-    for split in ("train", "val"):
-        names = coco_files(split)
-        for name in names:
-            write_jpeg(root / f"{split}2014" / name, COCO_H, COCO_W)
-        path = root / "annotations" / f"instances_{split}2014.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(coco_json(names)))
 
 
 def write_msrc21(out: Path) -> None:

@@ -338,10 +338,9 @@ def coco_files(split: str, year: int = 2014) -> list[str]:
     return [f"COCO_{split}{year}_{i:012d}.jpg" for i in (1, 2, 3)]
 
 
-@pytest.fixture
-def coco_root(tmp_path: Path) -> Path:
-    """COCO layout with train2014 and val2014, both built from :func:`coco_json`."""
-    root = tmp_path / "coco"
+def write_coco(root: Path) -> Path:
+    """COCO layout under ``root`` with train2014 and val2014, both built from
+    :func:`coco_json`."""
     for split in ("train", "val"):
         names = coco_files(split)
         for name in names:
@@ -350,6 +349,11 @@ def coco_root(tmp_path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(coco_json(names)))
     return root
+
+
+@pytest.fixture
+def coco_root(tmp_path: Path) -> Path:
+    return write_coco(tmp_path / "coco")
 
 
 def test_coco_classes_and_labels(coco_root: Path, tmp_path: Path) -> None:

@@ -99,12 +99,13 @@ def run(io: IO, params: None = None) -> list[dict]:
     io.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for step, labels, conf in read:
-        shares = row_shares(conf)
+        counts = np.asarray(conf)
+        shares = row_shares(counts)
         plot(step, labels, shares, io.out / f"{step}.png")
         for i, name in enumerate(labels):
             if np.isnan(shares[i, i]):
                 continue
-            taken = taken_by(np.asarray(conf), labels, name, io.top)
+            taken = taken_by(counts, labels, name, io.top)
             rows.append(
                 {
                     "step": step,

@@ -1,7 +1,8 @@
 """Run an experiments config (an ablation) and print its table: per variant the mIoU of every
 scored step, the first network's held-out score (the CAM network, or WS-FCN for method
 wsfcn), its seconds per training epoch and peak memory; then the per-class IoU changes
-against the first variant for the classes asked for.
+against the first variant for the classes asked for; for variants run with several seeds,
+the mean and sample standard deviation of each step over the seeds scored so far.
 
     .venv/bin/python benchmarks/ablation.py --config configs/ablation_hfpl_demo.yaml
     .venv/bin/python benchmarks/ablation.py --base configs/msrc21.yaml \\
@@ -36,9 +37,11 @@ import time
 from pathlib import Path
 
 import yaml
+from snakemake.utils import update_config, validate
 
 from wsss.methods.metrics import taken_by
-from wsss.reporting.compare import read_benchmark
+from wsss.reporting.compare import mean_std, read_benchmark, seed_stats
+from wsss.workflow.experiments import expand, plan
 from wsss.workflow.pipeline import WEAK, all_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +121,16 @@ def print_per_class(values: dict[str, dict], first: str, classes: list[str]) -> 
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def workflow_plan(configs: list[Path]) -> dict:
+    """The experiments' plan as the workflow computes it from config.yaml and ``configs``
+    (applied in order, as Snakemake's ``--configfile``), its schema's defaults included."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for path in configs:
+        update_config(config, yaml.safe_load(path.read_text()) or {})
+    validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    return plan(expand(config), config["results"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="experiments config")
@@ -152,9 +165,10 @@ def main() -> int:
         print(f"wall time of this invocation: {(time.time() - start) / 60:.1f} min\n")
 
     config = yaml.safe_load(args.config.read_text())
-    results = ROOT / config.get("results", "results")
-    # The workflow's own plan: each variant's metrics and benchmark files, wherever made.
-    the_plan = json.loads((results / config["run"] / "comparison/plan.json").read_text())
+    # The workflow's own plan (what `rule experiment_plan` writes): each variant's metrics
+    # and benchmark files, wherever made; computed here, so that runs of some experiments
+    # only (targeted chains) are tabled too.
+    the_plan = workflow_plan([*args.base, args.config, Path(f.name)])
     steps = [s["key"] for s in the_plan["steps"]]
     print(f"{config['run']}: mIoU (pseudo-label steps on train, segmentation on val)\n")
     print(
@@ -201,6 +215,19 @@ def main() -> int:
             + f" | {fmt(wall / 60 if trained else None, 1)}"
             + f" | {fmt(max_rss(own) if trained else None, 0)} |"
         )
+    seeds: dict[str, list[str]] = {}
+    for exp in the_plan["experiments"]:
+        seeds.setdefault(exp["group"], []).append(exp["name"])
+    if any(len(names) > 1 for names in seeds.values()):
+        print("\nper variant: mean ± sample std over its scored seeds (their number)\n")
+        print("| variant | " + " | ".join(steps) + " |")
+        print("|---" * (len(steps) + 1) + "|")
+        for group, names in seeds.items():
+            cells = [
+                mean_std(seed_stats([scored.get(n, {}).get(k, {}).get("miou") for n in names]))
+                for k in steps
+            ]
+            print(f"| {group} | " + " | ".join(cells) + " |")
     if unmeasured:
         print(
             "\nnot in the method wall times (no benchmark file): " + ", ".join(sorted(unmeasured))

@@ -92,7 +92,7 @@ def _experiment(exp: dict, steps: list[str]) -> dict:
     }
 
 
-def _stats(values: list[float | None]) -> dict | None:
+def seed_stats(values: list[float | None]) -> dict | None:
     """n, mean and sample standard deviation (n - 1; 0 for a single value) of the values that
     are not None; None when there are none."""
     present = [v for v in values if v is not None]
@@ -124,15 +124,15 @@ def compare(plan: dict) -> dict:
             "group": group,
             "n": len(exps),
             "experiments": [e["name"] for e in exps],
-            "miou": {key: _stats([e["miou"][key] for e in exps]) for key in steps},
-            "weak_full": _stats([e["weak_full"] for e in exps]),
+            "miou": {key: seed_stats([e["miou"][key] for e in exps]) for key in steps},
+            "weak_full": seed_stats([e["weak_full"] for e in exps]),
         }
         for group, exps in members.items()
     ]
     return {"steps": plan["steps"], "experiments": experiments, "groups": groups}
 
 
-def _mean_std(stats: dict | None, digits: int = 2) -> str:
+def mean_std(stats: dict | None, digits: int = 2) -> str:
     if stats is None:
         return "—"
     if stats["n"] == 1:
@@ -146,8 +146,8 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     steps = result["steps"]
     group_rows = [
         [g["group"], str(g["n"])]
-        + [_mean_std(g["miou"][s["key"]]) for s in steps]
-        + [_mean_std(g["weak_full"], 3)]
+        + [mean_std(g["miou"][s["key"]]) for s in steps]
+        + [mean_std(g["weak_full"], 3)]
         for g in result["groups"]
     ]
     experiments = result["experiments"]

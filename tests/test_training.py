@@ -111,3 +111,47 @@ def test_a_cuda_step_under_each_autocast_type_trains(dtype: str) -> None:
         scaler.update()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+# ---- the epoch loop's own timing ----
+
+
+class SlowImages(torch.utils.data.Dataset):
+    """Four random images, each taking ``delay`` seconds to load; an ``epoch`` attribute
+    as the loop expects of its datasets."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.epoch = delay, 0
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import time
+
+        time.sleep(self.delay)
+        return torch.rand(3, 8, 8), torch.tensor(index % 2, dtype=torch.float32)
+
+
+def test_the_history_records_the_time_spent_waiting_for_the_loader(tmp_path: Path) -> None:
+    from wsss.core.settings import TrainParams
+    from wsss.training.loop import fit, make_loader
+
+    def history(delay: float) -> list[dict]:
+        model = nn.Sequential(nn.Conv2d(3, 1, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(0))
+        loader = make_loader(SlowImages(delay), 2, 0, torch.device("cpu"), seed=0)
+        return fit(
+            model,
+            loader,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            lambda x, y: nn.functional.binary_cross_entropy_with_logits(model(x), y),
+            EpochCheckpoints(tmp_path / f"state-{delay}", "abc"),
+            TrainParams(epochs=2, health="ignore", freeze_bn=False),
+            device=torch.device("cpu"),
+        )
+
+    # 4 images of 0.1 s each per epoch, loaded in the loop's process: at least 0.4 s waited
+    for row in history(0.1):
+        assert 0.4 <= row["data_seconds"] <= row["seconds"]
+    for row in history(0.0):
+        assert row["data_seconds"] < 0.1

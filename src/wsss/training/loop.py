@@ -381,7 +381,8 @@ def fit(
     resumed run), gradients clipped to
     the norm ``params.clip_norm`` (0: not clipped), an SGD step; a loss that is not finite
     stops the training at once (:class:`TrainingFailed`). Per epoch: the mean loss, the
-    learning rate, the mean gradient norm, seconds and images per second, and the
+    learning rate, the mean gradient norm, seconds (``data_seconds`` of them spent waiting
+    for the loader's batches) and images per second, and the
     ``held_out`` scores go into the history (and ``history_csv``), and the state is saved.
     The first ``initial_loss_epochs`` epochs train ``initial_loss_fn`` instead, when given.
     ``on_epoch(history)`` is called after each epoch's state is saved.
@@ -407,10 +408,12 @@ def fit(
         loader.dataset.epoch = epoch
         loader.generator.manual_seed(params.seed + epoch)
         total, seen, norms, start = 0.0, 0, [], time.perf_counter()
+        waited, asked = 0.0, start  # time spent waiting for the loader's batches
         term_totals: dict[str, float] = {}
         epoch_loss = initial_loss_fn if initial_loss_fn and epoch < initial_loss_epochs else loss_fn
         bar = progress(loader, f"{name} epoch {epoch + 1}/{params.epochs}", "batch")
         for step, (inputs, targets) in enumerate(bar):
+            waited += time.perf_counter() - asked
             lr = set_poly_lr(
                 optimizer,
                 params.lr,
@@ -444,6 +447,7 @@ def fit(
                 term_totals[key] = term_totals.get(key, 0.0) + float(value.detach()) * len(inputs)
             seen += len(inputs)
             bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{lr:.2e}", refresh=False)
+            asked = time.perf_counter()
         seconds = time.perf_counter() - start
         row = {
             "epoch": epoch + 1,
@@ -452,6 +456,7 @@ def fit(
             "lr": lr,
             "grad_norm": round(float(np.mean(norms)), 4),
             "seconds": round(seconds, 1),
+            "data_seconds": round(waited, 1),
             "images_per_s": round(seen / max(seconds, 1e-9), 2),
             "first_step_loss": round(first_step_loss, 6),
         }

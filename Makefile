@@ -3,12 +3,16 @@
 # make test   create the venv, install, run the tests
 # make test-packaging   the wheel and the conda env's pip part in fresh venvs
 # make lock   refresh requirements.lock (exact versions and hashes) from pyproject.toml
-#             (as pip resolves it on this machine)
+#             (as pip resolves it on this machine); LOCK=requirements-cu126.lock the other
 # make rulegraph   redraw docs/rulegraph.png (needs Graphviz's `dot`)
 # make schema  rewrite workflow/schemas/config.schema.yaml from the stages' settings
 
 PYTHON ?= python3
 VENV ?= .venv
+# The lock the venv is installed from: requirements.lock (torch 2.14.1, CUDA 13.0), or
+# requirements-cu126.lock (torch 2.7.1, CUDA 12.6: V100, P100, drivers from 525), e.g.
+# `make test LOCK=requirements-cu126.lock VENV=.venv-cu126`.
+LOCK ?= requirements.lock
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
@@ -18,10 +22,10 @@ CORES ?= all
 venv: $(STAMP)
 
 # The locked dependencies (hash-checked), then the package itself from this source.
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes \
-		-r requirements.lock
+		-r $(LOCK)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
@@ -50,7 +54,7 @@ test-slurm: $(STAMP)
 
 # The package's dependencies with its workflow and test extras, pinned with hashes.
 lock: $(STAMP)
-	$(BIN)/python tools/lock.py --out requirements.lock
+	$(BIN)/python tools/lock.py --out $(LOCK)
 
 # The config schema: the stages' Params dataclasses + workflow/schemas/config.base.yaml.
 schema: $(STAMP)

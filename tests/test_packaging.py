@@ -38,9 +38,9 @@ def run(*cmd: str | Path, cwd: Path | None = None) -> str:
     return done.stdout
 
 
-def lock_pins() -> dict[str, str]:
-    """name -> version of every package in requirements.lock."""
-    text = (REPO / "requirements.lock").read_text()
+def lock_pins(lock: str = "requirements.lock") -> dict[str, str]:
+    """name -> version of every package in a lock file of the repository."""
+    text = (REPO / lock).read_text()
     return {
         m.group(1).lower().replace("_", "-"): m.group(2)
         for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)", text, re.M)
@@ -119,6 +119,18 @@ def build_wheel(tmp_path: Path) -> Path:
         source)  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("wsss-*.whl")
     return wheel
+
+
+def test_the_second_lock_differs_from_the_first_in_the_torch_build_only() -> None:
+    build = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")
+    first, second = lock_pins(), lock_pins("requirements-cu126.lock")
+    assert (second["torch"], second["torchvision"]) == ("2.7.1", "0.22.1")
+    assert {n: v for n, v in first.items() if not build.match(n)} == {
+        n: v for n, v in second.items() if not build.match(n)
+    }
+    # its CUDA libraries are CUDA 12's, none of the first lock's CUDA 13 ones
+    cuda = {n for n in second if n.startswith("nvidia-")}
+    assert cuda and all(n.endswith("-cu12") for n in cuda)
 
 
 @pytest.mark.packaging

@@ -5,6 +5,12 @@ versions of an existing lock are kept (as pip constraints), so that adding a dep
 moves no other pin; ``--fresh`` resolves everything anew.
 
     python tools/lock.py [--out requirements.lock]
+    python tools/lock.py --out requirements-cu126.lock --torch 2.7.1 --torchvision 0.22.1
+
+``--torch`` / ``--torchvision`` pin another release of the two (the second lock, for GPUs
+and drivers the first one's build does not serve); the pins of the torch build's own
+dependencies (its CUDA libraries, triton) are then resolved anew. A new lock starts from
+requirements.lock's pins, so that the two differ in the torch build only.
 
 The hashes are those of the files pip chose here (Linux x86_64, this Python), so the lock
 installs on that platform; elsewhere install from pyproject.toml's ranges instead.
@@ -26,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 EXTRAS = "workflow,test,crf,tensorboard,export,convert"
+# The torch build's own dependencies: resolved anew when --torch changes the build.
+BUILD = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")
 
 
 def resolve(target: str, keep: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -63,8 +71,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "requirements.lock")
     parser.add_argument("--fresh", action="store_true", help="keep no pin of the old lock")
+    parser.add_argument("--torch", help="torch release to pin (e.g. 2.7.1)")
+    parser.add_argument("--torchvision", help="torchvision release to pin (with --torch)")
     args = parser.parse_args()
-    keep = {} if args.fresh or not args.out.is_file() else pins_of(args.out.read_text())
+    if bool(args.torch) != bool(args.torchvision):
+        parser.error("--torch and --torchvision go together: a torchvision is built for one torch")
+    # the lock's own pins, or for a new lock requirements.lock's: the two locks then differ
+    # in the torch build only
+    base = args.out if args.out.is_file() else ROOT / "requirements.lock"
+    keep = {} if args.fresh or not base.is_file() else pins_of(base.read_text())
+    if args.torch:
+        keep = {name: v for name, v in keep.items() if not BUILD.match(name)}
+        keep.update(torch=args.torch, torchvision=args.torchvision)
     pins = resolve(f".[{EXTRAS}]", keep)
     python = ".".join(platform.python_version_tuple()[:2])
     lines = [

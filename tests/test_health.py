@@ -147,6 +147,19 @@ def test_non_finite_loss_names_the_epoch() -> None:
     assert "cam.train.lr" in problems[0].advice
 
 
+def test_an_epoch_loss_ten_times_the_first_steps_has_exploded() -> None:
+    # a CAM training at lr 50 that stayed finite: 27 times the untrained network's loss
+    problems = check_history([12.47, 15.2, 18.37], None, None, start_loss=0.686)
+    assert [p.what for p in problems] == ["training loss exploded"]
+    assert "epoch(s) 1, 2, 3, above 10 (10 times the first step's loss 0.686)" in problems[0].seen
+    # the ceiling is 10 times the first step's loss, at least 10: 9.9 is not above it ...
+    assert check_history([9.9], None, None, start_loss=0.686) == []
+    assert check_history([24.0], None, None, start_loss=2.5) == []
+    # ... 10.1, or 25.1 after a first step of 2.5, is
+    assert check_history([10.1], None, None, start_loss=0.686)[0].what == "training loss exploded"
+    assert check_history([25.1], None, None, start_loss=2.5)[0].what == "training loss exploded"
+
+
 def test_rising_loss_fires() -> None:
     problems = check_history(RISING, None, None, advice_prefix="aff.train")
     assert [p.what for p in problems] == ["training loss is rising"]

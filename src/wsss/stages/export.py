@@ -208,8 +208,11 @@ def _onnx(module: Any, example: Any, tmp: Path, meta: dict, names: tuple, opset:
     _require_onnx()
     if opset < 18:
         raise ValueError(f"--opset {opset}: the ONNX exporter writes opset 18 or later")
-    dim = torch.export.Dim
-    dynamic = {"images": {0: dim("batch", min=1, max=1024), 2: dim("height"), 3: dim("width")}}
+    # batch, height and width free (Dim.DYNAMIC: an error, not a silent constant, if the
+    # network fixed one; named Dims fail on the padding's guards with torch 2.7)
+    if not hasattr(torch.export.Dim, "DYNAMIC"):
+        raise ValueError(f"--format onnx needs torch 2.6 or later, not {torch.__version__}")
+    dynamic = {"images": {axis: torch.export.Dim.DYNAMIC for axis in (0, 2, 3)}}
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

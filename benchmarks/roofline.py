@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -39,7 +38,7 @@ from torch.overrides import TorchFunctionMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from step_profile import matmul_gflops, networks  # noqa: E402
+from step_profile import add_batch_arguments, matmul_gflops, median_seconds, networks  # noqa: E402
 
 FLOAT = 4  # bytes
 
@@ -114,17 +113,7 @@ def time_layer(module: Callable, shape: torch.Size, fmt: torch.memory_format, st
     x = torch.randn(shape).to(memory_format=fmt).requires_grad_(True)
     grad = torch.randn_like(module(x))
 
-    def once() -> None:
-        out = module(x)
-        out.backward(grad)
-
-    once()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: module(x).backward(grad), steps)
 
 
 def layers_of(
@@ -164,21 +153,12 @@ def step_seconds(model: nn.Module, loss_of: Callable, images: torch.Tensor, step
         loss.backward()
         optimizer.step()
 
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(step, steps)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--crop", type=int, default=160)
-    parser.add_argument("--classes", type=int, default=6)
+    add_batch_arguments(parser)
     parser.add_argument("--net", choices=("cam", "seg"), default="cam")
     parser.add_argument("--steps", type=int, default=5, help="timed repeats of each layer")
     parser.add_argument("--channels-last", action="store_true")

@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,6 +43,25 @@ def matmul_gflops(size: int, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def median_seconds(run: Callable[[], None], repeats: int) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls, after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The threads and the batch (images, crop side, classes) of the step's benchmarks."""
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=160)
+    parser.add_argument("--classes", type=int, default=6)
+
+
 def networks(classes: int) -> dict:
     """name -> (network, loss of its output on a batch of n images with random labels)."""
     from wsss.models.deeplab import SegNet
@@ -59,10 +79,7 @@ def networks(classes: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--crop", type=int, default=160)
-    parser.add_argument("--classes", type=int, default=6)
+    add_batch_arguments(parser)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--matmul-size", type=int, default=1024)
     parser.add_argument("--top", type=int, default=8, help="operators listed per network")
@@ -97,13 +114,7 @@ def main() -> int:
         # backward: the gradients of the inputs and of the weights, each about the forward's
         # work (torch's counter overcounts the backward of grouped convolutions, most of Lite0)
         flops = 3 * counter.get_total_flops() / 1e9
-        step()  # warm-up
-        times = []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
+        seconds = median_seconds(step, args.steps)
         bound = flops / gflops
         print(f"| {name} | {flops:.1f} | {bound:.2f} | {seconds:.2f} | {seconds / bound:.2f}x |")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

@@ -155,3 +155,46 @@ def test_the_history_records_the_time_spent_waiting_for_the_loader(tmp_path: Pat
         assert 0.4 <= row["data_seconds"] <= row["seconds"]
     for row in history(0.0):
         assert row["data_seconds"] < 0.1
+
+
+def test_channels_last_trains_the_same_network_in_another_layout(tmp_path: Path) -> None:
+    """The batches reach the loss in the layout asked for, and the two layouts train the
+    same weights up to float32 rounding (only the summation order differs)."""
+    from wsss.core.settings import TrainParams
+    from wsss.training.loop import fit, make_loader
+
+    def train(channels_last: bool) -> tuple[list[dict], nn.Module, set[bool]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise, as in Lite0
+            nn.Conv2d(8, 1, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(0),
+        )
+        layouts: set[bool] = set()
+
+        def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            layouts.add(x.is_contiguous(memory_format=torch.channels_last))
+            return nn.functional.binary_cross_entropy_with_logits(model(x), y)
+
+        loader = make_loader(SlowImages(0.0), 2, 0, torch.device("cpu"), seed=0)
+        params = TrainParams(epochs=3, health="ignore", freeze_bn=False, warmup_epochs=0)
+        history = fit(
+            model,
+            loader,
+            torch.optim.SGD(model.parameters(), lr=0.5),
+            loss,
+            EpochCheckpoints(tmp_path / f"state-{channels_last}", "abc"),
+            TrainParams(**{**params.__dict__, "channels_last": channels_last}),
+            device=torch.device("cpu"),
+        )
+        return history, model, layouts
+
+    nchw, nchw_model, nchw_layouts = train(False)
+    last, last_model, last_layouts = train(True)
+    assert nchw_layouts == {False} and last_layouts == {True}
+    assert [r["loss"] for r in last] == pytest.approx([r["loss"] for r in nchw], rel=1e-4)
+    assert nchw[0]["loss"] != pytest.approx(nchw[-1]["loss"], rel=1e-3)  # it did train
+    for a, b in zip(nchw_model.parameters(), last_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -76,6 +76,11 @@ class TrainParams(AmpParams):
     freeze_bn: bool = arg(True, "freeze the backbone's batch norm")
     seed: int = arg(0, "random seed (weights of new layers, augmentation, batch order)")
     num_workers: int = arg(2, "data-loading worker processes", minimum=0)
+    channels_last: bool = arg(
+        True,
+        "train in the channels-last memory layout (oneDNN's and cuDNN's fastest convolution "
+        "kernels; the same arithmetic summed in another order)",
+    )
     warmup_epochs: float = arg(1.0, "linear learning-rate warm-up (epochs; 0: none)", minimum=0)
     clip_norm: float = arg(5.0, "clip the gradient norm to this (0: no clipping)", minimum=0)
     health: str = arg(

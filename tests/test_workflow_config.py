@@ -293,3 +293,28 @@ def test_a_cpu_run_requests_no_gpu_even_with_the_slurm_profile(
         assert len(asking) >= 5  # CAM and AffinityNet training, CAM inference, random walk, ...
     else:
         assert asking == []
+
+
+def configured(*files: str) -> dict:
+    """config.yaml with ``files`` merged in order, as Snakemake's ``--configfile``."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for name in files:
+        config = merge(config, yaml.safe_load((REPO / name).read_text()) or {})
+    return config
+
+
+def test_the_msrc21_preset_trains_the_hfpl_recipe_its_seeds_measured() -> None:
+    """configs/msrc21.yaml's CAM network is the `both-multinomial-wide` experiment whose
+    three seeds docs/benchmarks.md reports, in every setting but the memory layout (the
+    seeds ran in NCHW); configs/plain.yaml takes the add-on away again."""
+    from wsss.workflow.experiments import expand
+
+    preset = configured("configs/msrc21.yaml")["cam"]["train"]
+    seeds = expand(configured("configs/msrc21.yaml", "configs/seeds_hfpl_msrc21.yaml"))
+    measured = seeds["seeds_hfpl_msrc21/both-multinomial-wide-seed0"].config["cam"]["train"]
+    assert measured.pop("channels_last") is False
+    assert measured.pop("seed") == 0
+    assert preset == measured
+    assert preset["sampling_weight"] > 0 and preset["similarity_weight"] > 0
+    plain = configured("configs/msrc21.yaml", "configs/plain.yaml")["cam"]["train"]
+    assert plain["sampling_weight"] == plain["similarity_weight"] == 0

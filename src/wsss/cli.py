@@ -127,12 +127,38 @@ def share_cores(environ: typing.MutableMapping[str, str]) -> None:
         environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
+# glibc's malloc hands a freed block above its mmap threshold (at most 32 MB) back to the
+# kernel, so every training step maps its large activations afresh and the kernel zeroes
+# them page by page: 15-35 % of a demo training's CPU time went to those page faults on 2
+# cores (docs/benchmarks.md, "Speed"). mallopt's parameters (malloc.h):
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+KEEP_FREED = 1 << 30  # bytes of free memory at the heap's top kept before it is trimmed
+
+
+def keep_freed_memory(environ: typing.Mapping[str, str]) -> bool:
+    """Let glibc's malloc keep freed memory for reuse (no blocks mapped apart from the heap,
+    the heap's top trimmed only above ``KEEP_FREED``) unless the environment tunes malloc
+    itself (``GLIBC_TUNABLES`` or a ``MALLOC_*`` variable); True when it was set. A no-op
+    where the C library has no ``mallopt`` (not glibc). Freed memory then stays with the
+    process: its resident size is its peak, which a training reaches every step anyway."""
+    if "GLIBC_TUNABLES" in environ or any(key.startswith("MALLOC_") for key in environ):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_FREED) == 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run the stage, and turn expected errors into one line on stderr, with the
     exit code of their kind (:mod:`wsss.core.errors`: 2 usage, 3 input, 4 training health)."""
     import os
 
     share_cores(os.environ)
+    keep_freed_memory(os.environ)
     args = build_parser().parse_args(argv)
     stage: Stage = args._stage
     logging.basicConfig(

@@ -198,3 +198,34 @@ def test_channels_last_trains_the_same_network_in_another_layout(tmp_path: Path)
     assert nchw[0]["loss"] != pytest.approx(nchw[-1]["loss"], rel=1e-3)  # it did train
     for a, b in zip(nchw_model.parameters(), last_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_loader_workers_give_the_same_batches_however_they_start(tmp_path: Path) -> None:
+    """Workers forked from the forkserver (the default) and from the training itself load
+    the same augmented batches, epoch after epoch, as fit() drives the loader."""
+    from wsss.data import build_manifest
+    from wsss.data.datasets import Augment, ImageLabels
+    from wsss.data.demo import generate
+    from wsss.training.loop import make_loader
+
+    generate(tmp_path / "demo", seed=0, num_train=8, num_val=2, image_size=64)
+    manifest = build_manifest("demo", tmp_path / "demo", tmp_path)
+    records = manifest.splits["train"]
+    data = ImageLabels(records, len(manifest.classes), Augment(32, (0.7, 1.3), True, 0.3), 5)
+
+    def batches(start: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = make_loader(data, 4, 1, torch.device("cpu"), seed=5, start=start)
+        assert loader.multiprocessing_context.get_start_method() == start
+        out = []
+        for epoch in range(2):
+            data.epoch = epoch
+            loader.generator.manual_seed(5 + epoch)
+            out += list(loader)
+        return out
+
+    forked, served = batches("fork"), batches("forkserver")
+    assert len(forked) == len(served) == 4
+    for (a, la), (b, lb) in zip(forked, served):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(la, lb, rtol=0, atol=0)
+    assert not torch.equal(forked[0][0], forked[2][0])  # the epochs differ

@@ -76,6 +76,13 @@ class TrainParams(AmpParams):
     freeze_bn: bool = arg(True, "freeze the backbone's batch norm")
     seed: int = arg(0, "random seed (weights of new layers, augmentation, batch order)")
     num_workers: int = arg(2, "data-loading worker processes", minimum=0)
+    loader_start: str = arg(
+        "forkserver",
+        "how loader workers start each epoch: forkserver (forked from a small server process "
+        "with torch loaded) or fork (copies of the training process, whose memory is then "
+        "copied page by page as the training writes it)",
+        choices=("forkserver", "fork"),
+    )
     channels_last: bool = arg(
         True,
         "train in the channels-last memory layout (oneDNN's and cuDNN's fastest convolution "

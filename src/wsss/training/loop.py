@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import multiprocessing
 import os
 import random
 import time
@@ -99,7 +100,9 @@ def train_network(spec: TrainingSpec, io: TrainIO, params: TrainParams) -> nn.Mo
         [model.backbone], model.new_modules(), params.weight_decay, params.lr_multipliers
     )
     optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum)
-    loader = make_loader(data, params.batch_size, params.num_workers, device, params.seed)
+    loader = make_loader(
+        data, params.batch_size, params.num_workers, device, params.seed, params.loader_start
+    )
     log.info(
         "%s: %d images, %d epochs x %d steps on %s (%d threads)",
         spec.name,
@@ -528,8 +531,17 @@ def make_loader(
     num_workers: int,
     device: torch.device,
     seed: int,
+    start: str = "forkserver",
 ) -> torch.utils.data.DataLoader:
-    """A shuffling loader with its own seeded generator (reseeded per epoch by :func:`fit`)."""
+    """A shuffling loader with its own seeded generator (reseeded per epoch by :func:`fit`).
+
+    Its workers start anew each epoch (so that they see the dataset's ``epoch``), by
+    ``start``: ``forkserver`` forks them from a server process that has torch and the
+    datasets loaded; ``fork`` forks the training process itself, whose memory (about 2 GB
+    for a demo training) the two then share copy-on-write, so that the training copies
+    every page it writes in the next steps, each epoch again (docs/benchmarks.md,
+    "Speed"). Both give the same batches: the augmentation depends on (seed, epoch,
+    index) alone."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -538,5 +550,18 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        multiprocessing_context=worker_start(start) if num_workers else None,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+# What the forkserver imports once, so that a worker forked from it starts at once.
+WORKER_PRELOAD = ["torch", "wsss.data.datasets"]
+
+
+def worker_start(method: str) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context loader workers start with (see :func:`make_loader`)."""
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(WORKER_PRELOAD)
+    return context

@@ -1,14 +1,19 @@
-"""One CAM training alone with glibc's default malloc and with the one `wsss` sets (freed
-memory kept for reuse, `wsss.cli.keep_freed_memory`): seconds per step, and the training
-process's user and system CPU time, page faults and peak resident memory.
+"""One CAM training alone, with and without the two things `wsss` does against page faults:
+freed memory kept for reuse (`wsss.cli.keep_freed_memory`, against glibc's default malloc)
+and loader workers started from a forkserver (`train.loader_start`, against forks of the
+training): seconds per step, and the training process's user and system CPU time, page
+faults and peak resident memory.
 
-    .venv/bin/python benchmarks/freed_memory.py [--threads 2] [--epochs 3] [--repeats 2]
+    .venv/bin/python benchmarks/page_faults.py [--threads 2] [--epochs 3] [--repeats 2]
 
 The training is the one of ``benchmarks/shared_cores.py`` (`wsss train-cam` on the demo
 dataset, 160 images of 160 px, batch 16: 10 steps an epoch, no held-out scoring, one loader
 worker, channels-last). glibc's defaults are kept by giving the process a harmless
 ``GLIBC_TUNABLES`` (the default perturb byte), which `wsss` reads as "malloc is tuned
-here". The two alternate for ``--repeats`` rounds on an otherwise idle machine.
+here". The settings alternate for ``--repeats`` rounds on an otherwise idle machine. The
+CPU time and page faults are the training process's and those of the children it waited
+for (a forked worker); a forkserver's workers are not its children, so theirs are not in
+the figures (their work is the same either way).
 """
 
 from __future__ import annotations
@@ -28,19 +33,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shared_cores import command, demo_manifest  # noqa: E402
 
 STEPS = 10  # 160 images, batch 16
+GLIBC_DEFAULTS = {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}
+# name -> (environment, loader start)
 SETTINGS = {
-    "glibc's defaults": {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"},
-    "freed memory kept (wsss)": {},
+    "glibc's malloc, forked workers (before)": (GLIBC_DEFAULTS, "fork"),
+    "freed memory kept, forked workers": ({}, "fork"),
+    "glibc's malloc, forkserver workers": (GLIBC_DEFAULTS, "forkserver"),
+    "freed memory kept, forkserver workers (wsss)": ({}, "forkserver"),
 }
 
 
-def one_training(manifest: Path, work: Path, env: dict, epochs: int) -> dict[str, float]:
+def one_training(
+    manifest: Path, work: Path, env: dict, start: str, epochs: int
+) -> dict[str, float]:
     """s / step (the first epoch left out when there are more) and the process's rusage."""
     out = work / f"run-{time.monotonic_ns()}"
     settings = argparse.Namespace(epochs=epochs, workers=1)
     proc = subprocess.Popen(
-        command(manifest, out, settings), env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [*command(manifest, out, settings), "--loader-start", start], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
@@ -77,9 +88,10 @@ def main() -> int:
         work = Path(tmp)
         manifest = demo_manifest(work)
         for _ in range(args.repeats):
-            for name, extra in SETTINGS.items():
-                runs[name].append(one_training(manifest, work, {**base, **extra}, args.epochs))
-    print("| malloc | s / step (each round) | user s | system s | page faults | peak MB |")
+            for name, (extra, start) in SETTINGS.items():
+                env = {**base, **extra}
+                runs[name].append(one_training(manifest, work, env, start, args.epochs))
+    print("| setting | s / step (each round) | user s | system s | page faults | peak MB |")
     print("|---|---|---|---|---|---|")
     for name, results in runs.items():
         each = " / ".join(f"{r['step']:.2f}" for r in results)

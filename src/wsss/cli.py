@@ -129,8 +129,10 @@ def share_cores(environ: typing.MutableMapping[str, str]) -> None:
 
 # glibc's malloc hands a freed block above its mmap threshold (at most 32 MB) back to the
 # kernel, so every training step maps its large activations afresh and the kernel zeroes
-# them page by page: 15-35 % of a demo training's CPU time went to those page faults on 2
-# cores (docs/benchmarks.md, "Speed"). mallopt's parameters (malloc.h):
+# them page by page. Keeping them halves a demo CAM training's page faults and cuts its
+# system time from 2.9 to 1.7 s of about 51 s of CPU time (idle, 2 cores; the step time is
+# the same within noise, the peak 150 MB higher: docs/benchmarks.md, "Speed"). mallopt's
+# parameters (malloc.h):
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 KEEP_FREED = 1 << 30  # bytes of free memory at the heap's top kept before it is trimmed
 

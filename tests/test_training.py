@@ -157,11 +157,34 @@ def test_the_history_records_the_time_spent_waiting_for_the_loader(tmp_path: Pat
         assert row["data_seconds"] < 0.1
 
 
-def test_channels_last_trains_the_same_network_in_another_layout(tmp_path: Path) -> None:
+def test_channels_last_is_used_where_it_pays() -> None:
+    """On by default, but only on CUDA and on CPUs whose kernels use AVX-512; off when the
+    setting is off; the CPU's answer is torch's own capability."""
+    from wsss.core.settings import TrainParams
+    from wsss.training import loop
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    on, off = TrainParams(), TrainParams(channels_last=False)
+    assert on.channels_last
+    assert loop.memory_format(on, cuda) == torch.channels_last
+    assert loop.memory_format(off, cuda) == torch.contiguous_format
+    assert loop.memory_format(off, cpu) == torch.contiguous_format
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert loop.channels_last_pays(cpu) is avx512
+    expected = torch.channels_last if avx512 else torch.contiguous_format
+    assert loop.memory_format(on, cpu) == expected
+
+
+def test_channels_last_trains_the_same_network_in_another_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The batches reach the loss in the layout asked for, and the two layouts train the
     same weights up to float32 rounding (only the summation order differs)."""
     from wsss.core.settings import TrainParams
+    from wsss.training import loop
     from wsss.training.loop import fit, make_loader
+
+    monkeypatch.setattr(loop, "channels_last_pays", lambda device: True)  # any CPU
 
     def train(channels_last: bool) -> tuple[list[dict], nn.Module, set[bool]]:
         torch.manual_seed(0)

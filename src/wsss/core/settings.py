@@ -85,8 +85,9 @@ class TrainParams(AmpParams):
     )
     channels_last: bool = arg(
         True,
-        "train in the channels-last memory layout (oneDNN's and cuDNN's fastest convolution "
-        "kernels; the same arithmetic summed in another order)",
+        "train in the channels-last memory layout where it is faster: on CUDA and on CPUs "
+        "whose torch kernels use AVX-512 (NCHW elsewhere; the same arithmetic summed in "
+        "another order)",
     )
     warmup_epochs: float = arg(1.0, "linear learning-rate warm-up (epochs; 0: none)", minimum=0)
     clip_norm: float = arg(5.0, "clip the gradient norm to this (0: no clipping)", minimum=0)

@@ -89,7 +89,13 @@ def train_network(spec: TrainingSpec, io: TrainIO, params: TrainParams) -> nn.Mo
     set_seed(params.seed)
     device = pick_device(io.device)
     backbone = build_backbone(params.backbone, params.output_stride, params.weights)
-    model = spec.build(backbone).to(device, memory_format=memory_format(params))
+    layout = memory_format(params, device)
+    log.info(
+        "%s: %s memory layout",
+        spec.name,
+        "channels-last" if layout == torch.channels_last else "NCHW",
+    )
+    model = spec.build(backbone).to(device, memory_format=layout)
     augment = spec.augment or Augment(params.crop_size, params.scale_range, True, params.jitter)
     data = spec.dataset(augment)
     stamp = fingerprint(asdict(params), Path(io.manifest), *spec.inputs)
@@ -249,11 +255,22 @@ def check_health(
     return problems
 
 
-def memory_format(params: TrainParams) -> torch.memory_format:
+def channels_last_pays(device: torch.device) -> bool:
+    """Whether convolutions run faster in channels-last on ``device``: on CUDA, and on a
+    CPU whose torch kernels use AVX-512 (a demo CAM step 1.22x faster there); with AVX2
+    kernels it is 1.28x slower (docs/benchmarks.md, "Speed")."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def memory_format(params: TrainParams, device: torch.device) -> torch.memory_format:
     """The layout of a training's weights and image batches: channels-last (N, H, W, C in
-    memory) when ``params.channels_last``, where oneDNN's depthwise and 1x1 convolutions
-    run 1.4-1.7x faster on a CPU (docs/benchmarks.md, "Speed"), else torch's default."""
-    return torch.channels_last if params.channels_last else torch.contiguous_format
+    memory) when ``params.channels_last`` and :func:`channels_last_pays` on ``device``,
+    else torch's default (NCHW)."""
+    if params.channels_last and channels_last_pays(device):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def set_seed(seed: int) -> None:
@@ -406,7 +423,7 @@ def fit(
     frozen = model.backbone if params.freeze_bn else None
     history = checkpoints.resume(model, optimizer)
     trained = [p for group in optimizer.param_groups for p in group["params"]]
-    layout = memory_format(params)
+    layout = memory_format(params, device)
     # float16 autocast (GPUs without bfloat16) scales the loss so that small gradients do
     # not underflow; with bfloat16, float32 or on the CPU the scaler does nothing.
     scaler = torch.amp.GradScaler(

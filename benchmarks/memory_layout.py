@@ -13,7 +13,6 @@ steps an epoch, one loader worker, 2 threads); the first epoch is left out.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -22,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from shared_cores import command, demo_manifest  # noqa: E402
+from shared_cores import command, demo_manifest, seconds_per_step  # noqa: E402
 
+STEPS = 10  # 160 images, batch 16
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
@@ -52,9 +52,7 @@ def main() -> int:
                     if done.returncode != 0:
                         raise SystemExit(f"train-cam failed:\n{done.stderr[-2000:]}")
                     layout = "channels-last" if "channels-last memory" in done.stderr else "NCHW"
-                    with open(out / "training.csv", newline="") as f:
-                        rows = list(csv.DictReader(f))[1:]
-                    steps.append(sum(float(r["seconds"]) for r in rows) / (10 * len(rows)))
+                    steps.append(seconds_per_step(out, STEPS, skip_first=True))
                 each = " / ".join(f"{s:.2f}" for s in steps)
                 print(f"| {kernels} | `{flag}` | {layout} | {each} |", flush=True)
     return 0

@@ -19,7 +19,6 @@ the figures (their work is the same either way).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from shared_cores import command, demo_manifest  # noqa: E402
+from shared_cores import command, demo_manifest, seconds_per_step  # noqa: E402
 
 STEPS = 10  # 160 images, batch 16
 GLIBC_DEFAULTS = {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}
@@ -56,11 +55,8 @@ def one_training(
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"train-cam failed (status {status}); run it by hand to see why")
-    with open(out / "training.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    timed = rows[1:] or rows
     return {
-        "step": sum(float(r["seconds"]) for r in timed) / (STEPS * len(timed)),
+        "step": seconds_per_step(out, STEPS, skip_first=True),
         "user": usage.ru_utime,
         "sys": usage.ru_stime,
         "faults": usage.ru_minflt,

@@ -57,9 +57,13 @@ def command(manifest: Path, out: Path, args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
-def seconds_per_step(out: Path, steps: int) -> float:
+def seconds_per_step(out: Path, steps: int, skip_first: bool = False) -> float:
+    """Mean seconds per step of the training in ``out`` (its training.csv); with
+    ``skip_first`` without the first epoch when there are more (workers' start-up)."""
     with open(out / "training.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    if skip_first:
+        rows = rows[1:] or rows
     return sum(float(r["seconds"]) for r in rows) / (steps * len(rows))
 
 

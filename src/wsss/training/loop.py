@@ -259,9 +259,9 @@ def channels_last_pays(device: torch.device) -> bool:
     """Whether convolutions run faster in channels-last on ``device``: on CUDA, and on a
     CPU whose torch kernels use AVX-512 (a demo CAM step 1.22x faster there); with AVX2
     kernels it is 1.28x slower (docs/benchmarks.md, "Speed")."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    if device.type == "cpu":
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return device.type == "cuda"
 
 
 def memory_format(params: TrainParams, device: torch.device) -> torch.memory_format:

@@ -7,7 +7,7 @@ import csv
 import json
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 from config_defaults import demo_config
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 from test_workflow import planned_jobs, report_jobs, snakemake
 from test_workflow_config import ONCE, dry_run
 
@@ -502,3 +504,13 @@ def test_the_wsfcn_workflow_end_to_end(tmp_path: Path) -> None:
         capture_output=True,
     )  # fmt: skip
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(p.stem for p in images.iterdir())
+
+
+def test_wsfcn_inference_has_no_batch_size_to_ignore() -> None:
+    """WS-FCN segments one unpadded image at a time; a batch size it would ignore is refused
+    (the segmentation network's inference keeps its own)."""
+    assert "batch_size" not in {f.name for f in fields(infer_wsfcn.Params)}
+    schema = str(Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+    with pytest.raises(WorkflowError, match="'batch_size' was unexpected"):
+        validate(merge(demo_config(), {"wsfcn": {"infer": {"batch_size": 8}}}), schema)
+    validate(merge(demo_config(), {"seg": {"infer": {"batch_size": 8}}}), schema)

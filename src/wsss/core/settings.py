@@ -159,21 +159,27 @@ class CRFParams:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SegmentParams(CRFParams, AmpParams):
-    """Segmentation at test time: the reference scales and flip (0.5 .. 1.5, < 2 mIoU
-    gain); dCRF off."""
+class TestTimeParams(CRFParams, AmpParams):
+    """Segmentation at test time, one image at a time: the reference scales and flip
+    (0.5 .. 1.5, < 2 mIoU gain); dCRF off."""
 
     scales: tuple[float, ...] = arg(
         (0.5, 0.75, 1.0, 1.25, 1.5), "test-time scales", items={"exclusiveMinimum": 0}, min_items=1
     )
     flip: bool = arg(True, "also segment the mirrored image")
     crf: bool = arg(False, "refine the prediction with a dense CRF")
-    batch_size: int = arg(4, "images per batch", minimum=1)
     max_pixels: int = arg(
         MAX_PIXELS,
         "largest image (pixels) the network sees; larger ones are scaled down",
         minimum=0,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentParams(TestTimeParams):
+    """Test-time settings of a segmentation network, which segments padded batches."""
+
+    batch_size: int = arg(4, "images per batch", minimum=1)
 
 
 DEVICE_HELP = "auto | cpu | cuda[:N] (auto takes a GPU when one is visible)"

@@ -133,7 +133,9 @@ def main() -> int:
     parser.add_argument("--msrc", type=Path, help="MSRC-21 in VOC layout (msrc cases)")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--set", nargs="*", default=[], help="KEY=VALUE settings for all")
-    parser.add_argument("--tag", default="", help="suffix of the run names")
+    parser.add_argument(
+        "--tag", default="", help="added to the run names after a dash: plain -> gen-<case>-plain"
+    )
     parser.add_argument("--cores", default="all")
     args = parser.parse_args()
     rows = []
@@ -141,7 +143,7 @@ def main() -> int:
         if case.startswith("msrc") and args.msrc is None:
             parser.error(f"case {case} needs --msrc")
         files, override = case_config(case, args.msrc.resolve() if args.msrc else Path())
-        run = f"gen-{case}{args.tag}"
+        run = f"gen-{case}-{args.tag}" if args.tag else f"gen-{case}"
         merge(override, {"run": run, **dotted(args.set)})
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(override, f)

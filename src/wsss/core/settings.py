@@ -159,7 +159,7 @@ class CRFParams:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TestTimeParams(CRFParams, AmpParams):
+class InferParams(CRFParams, AmpParams):
     """Segmentation at test time, one image at a time: the reference scales and flip
     (0.5 .. 1.5, < 2 mIoU gain); dCRF off."""
 
@@ -176,7 +176,7 @@ class TestTimeParams(CRFParams, AmpParams):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SegmentParams(TestTimeParams):
+class SegmentParams(InferParams):
     """Test-time settings of a segmentation network, which segments padded batches."""
 
     batch_size: int = arg(4, "images per batch", minimum=1)

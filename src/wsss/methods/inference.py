@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.core.runtime import autocast
-from wsss.core.settings import TestTimeParams
+from wsss.core.settings import InferParams
 from wsss.data.datasets import PAD_RGB
 from wsss.methods.crf import dense_crf
 from wsss.models.cam import CAMNet
@@ -237,7 +237,7 @@ def segment_single_stage(
 
 
 def labels_from_probs(
-    image: np.ndarray, probs: Tensor, params: TestTimeParams, keep: Sequence[int] | None = None
+    image: np.ndarray, probs: Tensor, params: InferParams, keep: Sequence[int] | None = None
 ) -> np.ndarray:
     """uint8 label map [H, W]: argmax of ``probs`` [L, H, W], after a dCRF if enabled;
     ``keep``: the only labels a pixel may take (None: all)."""

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsss.core.settings import SegmentShardIO, TestTimeParams
+from wsss.core.settings import InferParams, SegmentShardIO
 from wsss.core.stage import Stage, arg
 
 IO = SegmentShardIO
 
 
 @dataclass(frozen=True, kw_only=True)
-class Params(TestTimeParams):
+class Params(InferParams):
     """Test-time settings of the reference: scales 1, 0.5, 1.5, 2 with flips, score cut
     0.1, background power 3; one unpadded image at a time, as the reference (no batch
     size: padding would enter the class scores)."""

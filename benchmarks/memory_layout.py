@@ -33,6 +33,7 @@ from shared_cores import command, demo_manifest, seconds_per_step  # noqa: E402
 
 STEPS = 10  # 160 images, batch 16
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+KERNELS = (("the CPU's own", {}), ("AVX2", AVX2))  # name, environment added
 NETWORKS = ("cam", "aff", "seg")
 
 
@@ -84,7 +85,7 @@ def inference_table(run: Path, manifest: Path, base: dict[str, str]) -> None:
     print("| network | kernels | NCHW ms / image | channels-last ms / image | max difference |")
     print("|---|---|---|---|---|")
     for network in NETWORKS:
-        for kernels, extra in (("the CPU's own", {}), ("AVX2", AVX2)):
+        for kernels, extra in KERNELS:
             args = ["--time", network, "--inference", str(run), "--manifest", str(manifest)]
             done = subprocess.run(
                 [sys.executable, __file__, *args], env={**base, **extra},
@@ -116,7 +117,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         manifest = demo_manifest(work)
-        for kernels, extra in (("the CPU's own", {}), ("AVX2", AVX2)):
+        for kernels, extra in KERNELS:
             for flag in ("--channels-last", "--no-channels-last"):
                 steps, layout = [], "?"
                 for round_ in range(args.repeats):

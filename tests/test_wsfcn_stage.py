@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from config_defaults import demo_config
+from config_defaults import SCHEMA, demo_config
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 from test_workflow import planned_jobs, report_jobs, snakemake
@@ -510,7 +510,6 @@ def test_wsfcn_inference_has_no_batch_size_to_ignore() -> None:
     """WS-FCN segments one unpadded image at a time; a batch size it would ignore is refused
     (the segmentation network's inference keeps its own)."""
     assert "batch_size" not in {f.name for f in fields(infer_wsfcn.Params)}
-    schema = str(Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
     with pytest.raises(WorkflowError, match="'batch_size' was unexpected"):
-        validate(merge(demo_config(), {"wsfcn": {"infer": {"batch_size": 8}}}), schema)
-    validate(merge(demo_config(), {"seg": {"infer": {"batch_size": 8}}}), schema)
+        validate(merge(demo_config(), {"wsfcn": {"infer": {"batch_size": 8}}}), SCHEMA)
+    validate(merge(demo_config(), {"seg": {"infer": {"batch_size": 8}}}), SCHEMA)

@@ -318,3 +318,22 @@ def test_the_msrc21_preset_trains_the_hfpl_recipe_its_seeds_measured() -> None:
     assert preset["sampling_weight"] > 0 and preset["similarity_weight"] > 0
     plain = configured("configs/msrc21.yaml", "configs/plain.yaml")["cam"]["train"]
     assert plain["sampling_weight"] == plain["similarity_weight"] == 0
+
+
+def test_the_msrc21_preset_walks_at_the_beta_its_train_split_chose() -> None:
+    """configs/msrc21.yaml's random walk is recipe_msrc21's `recipe` (beta 12), chosen on
+    the train split against its `beta8` experiment; configs/plain.yaml, and the earlier
+    tables' configs, walk at the paper's beta 8 as they were measured."""
+    from wsss.workflow.experiments import expand
+
+    def beta(config: dict) -> float:
+        return config["affinity"]["random_walk"]["beta"]
+
+    assert beta(configured("configs/msrc21.yaml")) == 12
+    recipe = expand(configured("configs/msrc21.yaml", "configs/recipe_msrc21.yaml"))
+    assert {beta(recipe[f"recipe_msrc21/recipe-seed{s}"].config) for s in range(3)} == {12}
+    assert beta(recipe["recipe_msrc21/beta8-seed0"].config) == 8
+    assert beta(configured("configs/msrc21.yaml", "configs/plain.yaml")) == 8
+    for earlier in ("seeds_msrc21", "seeds_hfpl_msrc21", "ablation_hfpl_msrc21"):
+        runs = expand(configured("configs/msrc21.yaml", f"configs/{earlier}.yaml"))
+        assert {beta(e.config) for e in runs.values()} == {8}, earlier

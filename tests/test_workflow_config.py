@@ -337,3 +337,21 @@ def test_the_msrc21_preset_walks_at_the_beta_its_train_split_chose() -> None:
     for earlier in ("seeds_msrc21", "seeds_hfpl_msrc21", "ablation_hfpl_msrc21"):
         runs = expand(configured("configs/msrc21.yaml", f"configs/{earlier}.yaml"))
         assert {beta(e.config) for e in runs.values()} == {8}, earlier
+
+
+def test_the_demo_walks_at_beta_12_and_its_earlier_tables_at_8() -> None:
+    """config.yaml's random walk is seeds_demo's `beta12`; its `plain` and the demo's
+    earlier tables walk at the paper's beta 8, as they were measured."""
+    from wsss.workflow.experiments import expand
+
+    def beta(config: dict) -> float:
+        return config["affinity"]["random_walk"]["beta"]
+
+    assert beta(configured()) == 12
+    seeds = expand(configured("configs/seeds_demo.yaml"))
+    assert {beta(seeds[f"seeds_demo/beta12-seed{s}"].config) for s in range(3)} == {12}
+    assert {beta(seeds[f"seeds_demo/plain-seed{s}"].config) for s in range(3)} == {8}
+    for earlier in ("seeds_hfpl_demo", "ablation_hfpl_demo", "ablation_ppl_demo"):
+        runs = expand(configured(f"configs/{earlier}.yaml"))
+        assert {beta(e.config) for e in runs.values()} == {8}, earlier
+    assert beta(expand(configured("configs/ablation_demo.yaml"))["ablation_demo/beta8"].config) == 8

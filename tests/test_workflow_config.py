@@ -320,14 +320,16 @@ def test_the_msrc21_preset_trains_the_hfpl_recipe_its_seeds_measured() -> None:
     assert plain["sampling_weight"] == plain["similarity_weight"] == 0
 
 
+def beta(config: dict) -> float:
+    """The random walk's beta of a merged config."""
+    return config["affinity"]["random_walk"]["beta"]
+
+
 def test_the_msrc21_preset_walks_at_the_beta_its_train_split_chose() -> None:
     """configs/msrc21.yaml's random walk is recipe_msrc21's `recipe` (beta 12), chosen on
     the train split against its `beta8` experiment; configs/plain.yaml, and the earlier
     tables' configs, walk at the paper's beta 8 as they were measured."""
     from wsss.workflow.experiments import expand
-
-    def beta(config: dict) -> float:
-        return config["affinity"]["random_walk"]["beta"]
 
     assert beta(configured("configs/msrc21.yaml")) == 12
     recipe = expand(configured("configs/msrc21.yaml", "configs/recipe_msrc21.yaml"))
@@ -343,9 +345,6 @@ def test_the_demo_walks_at_beta_12_and_its_earlier_tables_at_8() -> None:
     """config.yaml's random walk is seeds_demo's `beta12`; its `plain` and the demo's
     earlier tables walk at the paper's beta 8, as they were measured."""
     from wsss.workflow.experiments import expand
-
-    def beta(config: dict) -> float:
-        return config["affinity"]["random_walk"]["beta"]
 
     assert beta(configured()) == 12
     seeds = expand(configured("configs/seeds_demo.yaml"))
